@@ -1,0 +1,36 @@
+# atlib: "Adversarial Training Reduces Information and Improves Transferability", as a workflow.
+# Demo:   snakemake --profile profiles/local --configfile config/demo.yaml
+# Paper:  snakemake --profile profiles/slurm --configfile config/config.yaml
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/demo.yaml"
+
+
+# Our check first: one message naming the key (and defaults filled in), then Snakemake's own.
+sys.path.insert(0, workflow.basedir)
+from atlib.config import ConfigError, check_config
+
+try:
+    check_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/transfer.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/distance.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/track.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,153 @@
+"""Config: schema validation with defaults, semantic checks, and the job grid it implies.
+
+The Snakefile calls `check_config` before any job is planned, so a bad config stops
+with one message naming the key. The same functions enumerate the models, transfers
+and analyses that `workflow/rules/common.smk` turns into targets.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key."""
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _with_defaults(validator_class):
+    """A validator that fills `default`s of `properties`, at every depth, while validating."""
+    validate_props = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "$ref" in sub:
+                    sub = validator._resolver.lookup(sub["$ref"]).contents
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def key_of(path) -> str:
+    """Dotted key of a jsonschema error path, e.g. experiments.demo.eps[1]."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top level>"
+
+
+def validate_schema(config: dict, schema: dict | None = None) -> dict:
+    """Validate `config` in place, filling defaults; raise ConfigError naming the key."""
+    schema = schema or load_schema()
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    # Two passes: defaults filled by the first can be validated by the second.
+    for _ in range(2):
+        errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        raise ConfigError(f"config error at {key_of(e.absolute_path)}: {e.message}")
+    return config
+
+
+def eps_str(eps: float | str) -> str:
+    """Canonical eps text used in paths and wildcards: 0, 0.25, 0.5, 1, 3."""
+    v = float(eps)
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """One source model: `{source}/{arch}/eps{eps}/s{seed}`."""
+
+    source: str
+    arch: str
+    eps: str
+    seed: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.source}/{self.arch}/eps{self.eps}/s{self.seed}"
+
+    @property
+    def standard(self) -> "ModelKey":
+        return ModelKey(self.source, self.arch, "0", self.seed)
+
+
+def iter_models(config: dict) -> Iterator[tuple[str, ModelKey]]:
+    """(experiment name, model) for every model of every experiment, in config order."""
+    for name, exp in config["experiments"].items():
+        for eps in exp["eps"]:
+            for seed in exp["seeds"]:
+                yield name, ModelKey(exp["source"], exp["arch"], eps_str(eps), seed)
+
+
+def model_experiments(config: dict) -> dict[str, str]:
+    """Model path -> the first experiment that defines it (its schedules apply)."""
+    out: dict[str, str] = {}
+    for name, key in iter_models(config):
+        out.setdefault(key.path, name)
+    return out
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
+    """Schema validation plus the checks a schema cannot express. Returns the filled config."""
+    validate_schema(config)
+    if known_datasets is None:
+        from .data import REGISTRY
+
+        known_datasets = set(REGISTRY)
+    datasets = set(known_datasets) | set(config["datasets"])
+    for name, spec in config["datasets"].items():
+        if name in known_datasets:
+            raise ConfigError(f"config error at datasets.{name}: name clashes with a registered dataset")
+        if spec["base"] not in datasets or spec["base"] == name:
+            raise ConfigError(f"config error at datasets.{name}.base: unknown dataset {spec['base']!r}")
+    seen: dict[str, tuple] = {}
+    for name, exp in config["experiments"].items():
+        where = f"experiments.{name}"
+        if exp["source"] not in datasets:
+            raise ConfigError(f"config error at {where}.source: unknown dataset {exp['source']!r}; "
+                              f"known: {', '.join(sorted(datasets))}")
+        for i, t in enumerate(exp["targets"]):
+            if t not in datasets:
+                raise ConfigError(f"config error at {where}.targets[{i}]: unknown dataset {t!r}")
+        if exp["train"] not in config["train_schedules"]:
+            raise ConfigError(f"config error at {where}.train: no train_schedules entry {exp['train']!r}")
+        if exp["finetune"] not in config["finetune_schedules"]:
+            raise ConfigError(f"config error at {where}.finetune: no finetune_schedules entry {exp['finetune']!r}")
+        for k in exp["pretrained"]:
+            try:
+                ok = float(k) in [float(e) for e in exp["eps"]]
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"config error at {where}.pretrained.{k}: not one of this experiment's eps")
+        if exp["targets"] and 0 not in [float(e) for e in exp["eps"]]:
+            raise ConfigError(f"config error at {where}.eps: transfer needs the standard model (eps 0) "
+                              "to compare against")
+        for key in (ModelKey(exp["source"], exp["arch"], eps_str(e), s) for e in exp["eps"] for s in exp["seeds"]):
+            sig = (exp["width"], exp["train"])
+            if seen.setdefault(key.path, sig) != sig:
+                raise ConfigError(f"config error at {where}: model {key.path} is defined again with another "
+                                  "width or train schedule")
+    return config

@@ -1,0 +1,226 @@
+"""The uniform on-disk format of `results/data/{dataset}/` and its readers.
+
+Array datasets: `images.npy` (uint8, N x H x W x C, train rows first, then test) and
+`labels.npy` (int64). File-backed datasets: `index.csv` (path, label, split), images
+decoded on access. Both have `meta.json`: name, classes, image size, channels, split
+sizes, per-split class counts and the sha256 of every data file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .registry import Arrays, Index, Raw
+
+SPLITS = ("train", "test")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def write_prepared(raw: Raw, out: Path, name: str, num_classes: int, image_size: int, channels: int,
+                   source: str) -> dict:
+    """Write `raw` to `out` in the uniform format and return its meta dict."""
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(raw, Arrays):
+        xs, ys = [raw.train_x, raw.test_x], [raw.train_y, raw.test_y]
+        for x, y, split in zip(xs, ys, SPLITS):
+            _check_arrays(name, split, x, y, num_classes)
+        images = np.concatenate(xs).astype(np.uint8)
+        if images.ndim == 3:
+            images = images[..., None]
+        labels = np.concatenate(ys).astype(np.int64)
+        _atomic_save(out / "images.npy", images)
+        _atomic_save(out / "labels.npy", labels)
+        sizes = {"train": len(raw.train_y), "test": len(raw.test_y)}
+        counts = {s: np.bincount(y.astype(np.int64), minlength=num_classes).tolist() for s, y in zip(SPLITS, ys)}
+        files = ["images.npy", "labels.npy"]
+        image_size, channels = int(images.shape[1]), int(images.shape[3])
+    else:
+        with open(out / "index.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "split"])
+            w.writerows(zip(raw.paths, raw.labels, raw.splits))
+        labels = np.asarray(raw.labels, dtype=np.int64)
+        split = np.asarray(raw.splits)
+        sizes = {s: int((split == s).sum()) for s in SPLITS}
+        counts = {s: np.bincount(labels[split == s], minlength=num_classes).tolist() for s in SPLITS}
+        files = ["index.csv"]
+    for s in SPLITS:
+        if sizes[s] == 0:
+            raise ValueError(f"dataset {name!r}: the {s} split is empty")
+    meta = {
+        "name": name,
+        "num_classes": num_classes,
+        "classes": raw.classes,
+        "image_size": image_size,
+        "channels": channels,
+        "format": "arrays" if isinstance(raw, Arrays) else "index",
+        "splits": sizes,
+        "class_counts": counts,
+        "sha256": {f: sha256(out / f) for f in files},
+        "source": source,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def _check_arrays(name: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
+    if len(x) != len(y):
+        raise ValueError(f"dataset {name!r} {split}: {len(x)} images but {len(y)} labels")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"dataset {name!r} {split}: labels outside [0, {num_classes})")
+
+
+def adapt(x: torch.Tensor, image_size: int | None, channels: int | None) -> torch.Tensor:
+    """Resize a float batch (N, C, H, W) and repeat grayscale to 3 channels.
+
+    Raises ValueError for a conversion we do not do silently (RGB to grayscale).
+    """
+    if channels is not None and x.shape[1] != channels:
+        if x.shape[1] == 1 and channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        else:
+            raise ValueError(f"cannot adapt {x.shape[1]}-channel images to a {channels}-channel model")
+    if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    return x.contiguous()
+
+
+class Prepared:
+    """A prepared dataset directory (the output of the `prepare_dataset` rule)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{meta_path} missing: run the prepare_dataset rule for {self.root.name!r}")
+        self.meta = json.loads(meta_path.read_text())
+        self.name: str = self.meta["name"]
+        self.num_classes: int = self.meta["num_classes"]
+        self.image_size: int = self.meta["image_size"]
+        self.channels: int = self.meta["channels"]
+
+    def split_size(self, split: str) -> int:
+        return int(self.meta["splits"][split])
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (N, H, W, C) and int64 labels of one split (array format only)."""
+        if self.meta["format"] != "arrays":
+            raise ValueError(f"dataset {self.name!r} is file-backed; use .dataset(split)")
+        images = np.load(self.root / "images.npy", mmap_mode="r")
+        labels = np.load(self.root / "labels.npy")
+        n_train = self.split_size("train")
+        sl = slice(0, n_train) if split == "train" else slice(n_train, None)
+        return np.array(images[sl]), labels[sl]
+
+    def tensors(self, split: str, image_size: int | None = None, channels: int | None = None,
+                limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole split as float tensors in [0, 1], (N, C, H, W), adapted to a model's input."""
+        if self.meta["format"] == "arrays":
+            x, y = self.arrays(split)
+            if limit is not None:
+                x, y = x[:limit], y[:limit]
+            xt = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255)
+            yt = torch.from_numpy(y)
+        else:
+            ds = self.dataset(split)
+            n = len(ds) if limit is None else min(limit, len(ds))
+            items = [ds[i] for i in range(n)]
+            xt = torch.stack([a for a, _ in items])
+            yt = torch.tensor([b for _, b in items], dtype=torch.int64)
+        return _adapt_chunked(xt, image_size, channels), yt
+
+    def dataset(self, split: str, image_size: int | None = None, channels: int | None = None) -> Dataset:
+        """A map-style dataset of (float CHW image in [0, 1], label)."""
+        if self.meta["format"] == "arrays":
+            x, y = self.tensors(split, image_size, channels)
+            return TensorPairs(x, y)
+        return IndexDataset(self.root / "index.csv", split, image_size or self.image_size,
+                            channels or self.channels)
+
+
+def _adapt_chunked(x: torch.Tensor, image_size: int | None, channels: int | None,
+                   chunk: int = 4096) -> torch.Tensor:
+    if image_size in (None, x.shape[-1]) and x.shape[-1] == x.shape[-2] and channels in (None, x.shape[1]):
+        return x
+    return torch.cat([adapt(x[i:i + chunk], image_size, channels) for i in range(0, len(x), chunk)])
+
+
+class TensorPairs(Dataset):
+    """In-memory (x, y) with batched `__getitems__`, so a DataLoader indexes once per batch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i], int(self.y[i])
+
+    def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(idx)
+        return self.x[t], self.y[t]
+
+
+class IndexDataset(Dataset):
+    """Images decoded from files listed in `index.csv`, resized to `image_size`."""
+
+    def __init__(self, index: Path, split: str, image_size: int, channels: int) -> None:
+        with open(index, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["split"] == split]
+        self.paths = [r["path"] for r in rows]
+        self.labels = [int(r["label"]) for r in rows]
+        self.image_size, self.channels = image_size, channels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            im = im.convert("RGB" if self.channels == 3 else "L")
+            im = im.resize((self.image_size, self.image_size), Image.BILINEAR)
+            x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
+        x = x.view(self.image_size, self.image_size, -1).permute(2, 0, 1).float().div_(255)
+        return x, self.labels[i]
+
+
+def collate_pairs(batch):
+    """Collate for `TensorPairs.__getitems__` (already batched) and per-item datasets alike."""
+    if isinstance(batch, tuple) and len(batch) == 2 and torch.is_tensor(batch[0]) and batch[0].dim() == 4:
+        return batch
+    return torch.utils.data.default_collate(batch)
+
+
+def iterate(dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
+            drop_last: bool = False, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (x, y) from a map-style dataset, reproducible given `generator`."""
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+        num_workers=num_workers, collate_fn=collate_pairs,
+    )
+    return iter(loader)

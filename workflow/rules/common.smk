@@ -1,0 +1,114 @@
+# Target lists, input functions and wildcard constraints shared by every rule file.
+from atlib.config import ModelKey, eps_str, iter_models, model_experiments
+
+RESULTS = config["results"]
+MODEL_PATH = "{source}/{arch}/eps{eps}/s{seed}"
+MODEL_EXPERIMENT = model_experiments(config)
+
+
+wildcard_constraints:
+    source=r"[A-Za-z0-9_\-]+",
+    dataset=r"[A-Za-z0-9_\-]+",
+    target=r"[A-Za-z0-9_\-]+",
+    arch=r"resnet[0-9]+(_imagenet)?",
+    eps=r"[0-9]+(\.[0-9]+)?",
+    seed=r"[0-9]+",
+    mode=r"[012]",
+    method=r"plain|variational|effective",
+    probe_source=r"[A-Za-z0-9_\-]+",
+    probe_arch=r"resnet[0-9]+(_imagenet)?",
+    probe_eps=r"[0-9]+(\.[0-9]+)?",
+    probe_seed=r"[0-9]+",
+
+
+def model_key(wc) -> ModelKey:
+    return ModelKey(wc.source, wc.arch, wc.eps, int(wc.seed))
+
+
+def experiment_of(wc) -> dict:
+    """The experiment entry (schedules, width, ...) that defines this model."""
+    return config["experiments"][MODEL_EXPERIMENT[model_key(wc).path]]
+
+
+def dataset_dir(name: str) -> str:
+    return f"{RESULTS}/data/{name}"
+
+
+def model_file(key: ModelKey) -> str:
+    return f"{RESULTS}/models/{key.path}/model.pt"
+
+
+def job_seed(*parts) -> int:
+    """A stable seed from wildcard values (rerun with the same inputs = same outputs)."""
+    import zlib
+
+    return zlib.crc32("/".join(map(str, parts)).encode()) % (2**31)
+
+
+def experiment_models(analysis: str | None = None):
+    for name, key in iter_models(config):
+        exp = config["experiments"][name]
+        if analysis is None or analysis in exp["analyses"]:
+            yield name, key
+
+
+def transfer_jobs():
+    """(model, target, mode) for every transfer the config asks for, deduplicated."""
+    seen = set()
+    for name, key in iter_models(config):
+        exp = config["experiments"][name]
+        for target in exp["targets"]:
+            for mode in exp["modes"]:
+                if (key.path, target, mode) not in seen:
+                    seen.add((key.path, target, mode))
+                    yield key, target, mode
+
+
+def probe_of(key: ModelKey) -> ModelKey:
+    """Feature extractor for the task distance of `key`'s transfers."""
+    return key.standard if config["distance"]["probe"] == "standard" else key
+
+
+def distance_jobs():
+    """(probe model, dataset): the source and every target, for each probe."""
+    seen = set()
+    for key, target, _ in transfer_jobs():
+        probe = probe_of(key)
+        for ds in (key.source, target):
+            if (probe.path, ds) not in seen:
+                seen.add((probe.path, ds))
+                yield probe, ds
+
+
+def all_models():
+    return sorted({model_file(k) for _, k in iter_models(config)})
+
+
+def all_transfers():
+    return [f"{RESULTS}/transfer/{k.path}/{t}/mode{m}/metrics.json" for k, t, m in transfer_jobs()]
+
+
+def all_distances():
+    return [f"{RESULTS}/distance/{p.path}/{ds}.json" for p, ds in distance_jobs()]
+
+
+def all_fisher():
+    return sorted({f"{RESULTS}/fisher/{k.path}/summary.json" for _, k in experiment_models("fisher")})
+
+
+def all_representation():
+    return sorted({f"{RESULTS}/representation/{k.path}/summary.json" for _, k in experiment_models("representation")})
+
+
+def all_invert():
+    return sorted({f"{RESULTS}/invert/{k.path}/{m}/curve.csv"
+                   for _, k in experiment_models("invert") for m in config["invert"]["methods"]})
+
+
+def all_results():
+    """Every per-job result (what `aggregate` and `track` read)."""
+    return all_models() + all_transfers() + all_distances() + all_fisher() + all_representation() + all_invert()
+
+
+def all_targets():
+    return all_results() + [f"{RESULTS}/report/summary.md", f"{RESULTS}/tracking/ingest.json"]
