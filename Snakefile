@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config/demo.yaml"
 
 
+# Jobs import atlib from this checkout, whatever the environment (venv, conda, SLURM node).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+
 # Our check first: one message naming the key (and defaults filled in), then Snakemake's own.
 sys.path.insert(0, workflow.basedir)
 from atlib.config import ConfigError, check_config

@@ -133,7 +133,7 @@ def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
                 raise ConfigError(f"config error at {where}.targets[{i}]: unknown dataset {t!r}")
         if exp["train"] not in config["train_schedules"]:
             raise ConfigError(f"config error at {where}.train: no train_schedules entry {exp['train']!r}")
-        if exp["finetune"] not in config["finetune_schedules"]:
+        if exp["targets"] and exp["finetune"] not in config["finetune_schedules"]:
             raise ConfigError(f"config error at {where}.finetune: no finetune_schedules entry {exp['finetune']!r}")
         for k in exp["pretrained"]:
             try:

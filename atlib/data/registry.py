@@ -52,12 +52,17 @@ Raw = Union[Arrays, Index]
 
 @dataclass
 class AcquireContext:
-    """Where to look for data and whether downloading is allowed."""
+    """Where to look for data and whether downloading is allowed.
+
+    `check_sizes` refuses a copy whose split sizes differ from the paper's Table 4
+    (`check_paper_sizes`); only tests on tiny fixtures turn it off.
+    """
 
     data_root: Path
     allow_download: bool = False
     download_dir: Path | None = None
     system_dirs: dict[str, Path] = field(default_factory=dict)
+    check_sizes: bool = True
 
     def staged(self, name: str) -> Path:
         return Path(self.data_root) / name

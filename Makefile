@@ -1,0 +1,51 @@
+# make demo | make test | make bench | make ui | make profile-link | make clean
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -q -c envs/constraints.txt
+STAMP := $(VENV)/.installed
+CONFIG ?= config/demo.yaml
+RESULTS ?= results
+
+.PHONY: demo test bench ui profile-link dry-run clean venv data-demo
+
+venv: $(STAMP)
+
+# torch: the CPU wheel, pinned. torchvision 0.28.0 is a CUDA build on PyPI: --no-deps keeps its
+# CUDA torch out (atlib.compat makes it import on CPU torch). torchattacks pins an old requests.
+$(STAMP): pyproject.toml envs/constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) --no-deps torchvision==0.28.0 torchattacks==3.5.1
+	$(PIP) -e '.[test]'
+	touch $@
+
+# Fashion-MNIST for the offline demo: torchvision's download where the internet is reachable,
+# else Debian's package where we are root with apt, else atlib's message says how to provide it.
+data-demo: $(STAMP)
+	$(BIN)/python -m atlib.fetch_demo_data
+
+demo: $(STAMP) data-demo
+	$(BIN)/python -m atlib.demo --config $(CONFIG) --results $(RESULTS)
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+dry-run: $(STAMP)
+	$(BIN)/snakemake -n --configfile config/config.yaml
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RESULTS))/mlflow.db --host 127.0.0.1 --port 5000
+
+profile-link:
+	mkdir -p $(HOME)/.config/snakemake
+	ln -sfn $(abspath profiles/slurm) $(HOME)/.config/snakemake/slurm
+	@echo "linked: snakemake --profile slurm now uses $(abspath profiles/slurm)"
+
+clean:
+	rm -rf $(RESULTS) .snakemake report.html

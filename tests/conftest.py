@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny prepared datasets and single-threaded torch for fast, quiet tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_prepared(tmp_path: Path) -> Path:
+    """A 3-class, 8x8 grayscale prepared dataset with learnable (class-dependent) images."""
+    from atlib.data import Arrays, write_prepared
+
+    rng = np.random.default_rng(0)
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % 3
+        x = rng.integers(0, 60, (n, 8, 8, 1))
+        for c in range(3):
+            x[y == c, c * 2:(c * 2) + 3, :, 0] += 180  # a bright band whose position is the class
+        return x.astype(np.uint8), y.astype(np.int64)
+
+    out = tmp_path / "tiny"
+    write_prepared(Arrays(*make(60), *make(30), classes=["a", "b", "c"]), out, "tiny", 3, 8, 1, "test")
+    return out

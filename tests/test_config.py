@@ -1,0 +1,93 @@
+"""Config validation: defaults from the schema, and bad configs refused naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from atlib.config import ConfigError, ModelKey, check_config, eps_str, iter_models
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = {"fashion_mnist", "mnist5k", "digits", "textures", "cifar10", "cifar100", "imagenet", "mnist",
+            "svhn", "aircraft", "birds", "cars", "dogs", "flowers", "indoor67", "cinic_imagenet"}
+
+
+def demo() -> dict:
+    return yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+
+
+def test_demo_and_paper_configs_are_valid_and_filled():
+    cfg = check_config(demo(), DATASETS)
+    assert cfg["train_schedules"]["demo"]["attack"]["random_start"] is True  # default filled in
+    assert cfg["experiments"]["demo"]["pretrained"] == {}
+    assert cfg["fisher"]["kind"] == "true" and cfg["tracking"]["experiment"] == "atlib"
+    paper = check_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), DATASETS)
+    assert paper["finetune_schedules"]["cifar"]["milestones"] == [50, 80]
+    assert paper["finetune_schedules"]["imagenet"]["epochs"] == 300
+
+
+def test_paper_grid_models():
+    paper = check_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), DATASETS)
+    paths = {k.path for _, k in iter_models(paper)}
+    assert "imagenet/resnet50_imagenet/eps3/s0" in paths
+    assert {f"cifar10/resnet18/eps{e}/s0" for e in ("0", "0.25", "0.5", "1", "2")} <= paths
+    assert "cifar100/resnet18/eps1/s0" in paths and "cifar10/resnet50/eps1/s0" in paths
+
+
+def test_eps_canonical_form():
+    assert [eps_str(e) for e in (0, 0.0, 1, 1.0, 0.5, 0.25, 3)] == ["0", "0", "1", "1", "0.5", "0.25", "3"]
+    assert ModelKey("cifar10", "resnet18", "0.5", 1).path == "cifar10/resnet18/eps0.5/s1"
+
+
+def _set(cfg: dict, dotted: str, value) -> dict:
+    keys = dotted.split(".")
+    node = cfg
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node[k]
+    if value is _DELETE:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return cfg
+
+
+_DELETE = object()
+
+BAD = [  # (what, key to change, new value, text the message must contain)
+    ("unknown source dataset", "experiments.demo.source", "imagenet22k", "experiments.demo.source"),
+    ("unknown target dataset", "experiments.demo.targets", ["mnist5k", "nope"], "experiments.demo.targets[1]"),
+    ("negative eps", "experiments.demo.eps", [0, -1], "experiments.demo.eps[1]"),
+    ("mode 3", "experiments.demo.modes", [0, 3], "experiments.demo.modes[1]"),
+    ("missing experiments", "experiments", _DELETE, "'experiments' is a required property"),
+    ("missing arch", "experiments.demo.arch", _DELETE, "experiments.demo: 'arch' is a required property"),
+    ("wrong type", "train_schedules.demo.epochs", "ten", "train_schedules.demo.epochs"),
+    ("unknown arch", "experiments.demo.arch", "vgg16", "experiments.demo.arch"),
+    ("unknown key (typo)", "resluts", "out", "'resluts' was unexpected"),
+    ("unknown train schedule", "experiments.demo.train", "fast", "experiments.demo.train"),
+    ("derived from unknown base", "datasets.fmnist04.base", "fashion", "datasets.fmnist04.base"),
+    ("zero beta", "fisher.beta", 0, "fisher.beta"),
+    ("negative learning rate", "finetune_schedules.demo.lr", -0.1, "finetune_schedules.demo.lr"),
+    ("pretrained for an eps not trained", "experiments.demo.pretrained", {"3": "x.pt"}, "experiments.demo.pretrained.3"),
+    ("transfer without a standard model", "experiments.demo.eps", [1], "experiments.demo.eps"),
+    ("bad transform", "datasets.mnist_inv.transform", "swirl", "datasets.mnist_inv.transform"),
+    ("seeds not a list", "experiments.demo.seeds", 0, "experiments.demo.seeds"),
+]
+
+
+@pytest.mark.parametrize("what,key,value,expect", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_refused_naming_key(what, key, value, expect):
+    cfg = _set(copy.deepcopy(demo()), key, value)
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg, DATASETS)
+    assert expect in str(err.value), str(err.value)
+
+
+def test_same_model_with_two_schedules_refused():
+    cfg = demo()
+    cfg["train_schedules"]["other"] = {"epochs": 1}
+    cfg["experiments"]["demo_sweep"]["train"] = "other"
+    with pytest.raises(ConfigError, match="defined again"):
+        check_config(cfg, DATASETS)

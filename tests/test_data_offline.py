@@ -1,0 +1,121 @@
+"""Offline datasets, the prepared format, derived datasets and the missing-data message."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from atlib.data import AcquireContext, DatasetMissing, Prepared, adapt, prepare
+from atlib.data.derived import apply_transform
+from atlib.data.offline import SYSTEM_FASHION, IDX_FILES, read_idx
+from atlib.data.store import sha256
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    header = (0x08 << 8 | arr.ndim).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def write_fashion_fixture(d: Path, n_train: int = 20, n_test: int = 10) -> None:
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for split, n in (("train", n_train), ("test", n_test)):
+        write_idx(d / f"{IDX_FILES[split + '_x']}.gz", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(d / f"{IDX_FILES[split + '_y']}.gz", np.arange(n) % 10)
+
+
+def test_idx_roundtrip_and_truncation(tmp_path):
+    a = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    write_idx(tmp_path / "a.gz", a)
+    assert np.array_equal(read_idx(tmp_path / "a.gz"), a)
+    raw = gzip.decompress((tmp_path / "a.gz").read_bytes())[:-3]
+    (tmp_path / "b").write_bytes(raw)
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "b")
+
+
+def test_fashion_from_staged_dir_checks_paper_size(tmp_path):
+    write_fashion_fixture(tmp_path / "fashion_mnist")
+    ctx = AcquireContext(tmp_path)
+    # A staged copy that is not the full dataset is refused against the paper's Table 4 ...
+    with pytest.raises(ValueError, match="Table 4"):
+        prepare("fashion_mnist", tmp_path / "out", ctx)
+
+
+@pytest.mark.skipif(not SYSTEM_FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_from_debian_package(tmp_path):
+    meta = prepare("fashion_mnist", tmp_path / "fm", AcquireContext(tmp_path / "nothing"))
+    assert meta["splits"] == {"train": 60000, "test": 10000}
+    assert meta["class_counts"]["test"] == [1000] * 10
+
+
+def test_missing_dataset_message(tmp_path, monkeypatch):
+    monkeypatch.setattr("atlib.data.offline.SYSTEM_FASHION", tmp_path / "no_system")
+    with pytest.raises(DatasetMissing) as err:
+        prepare("fashion_mnist", tmp_path / "out", AcquireContext(tmp_path / "root"))
+    msg = str(err.value)
+    assert "'fashion_mnist' not found" in msg and str(tmp_path / "root" / "fashion_mnist") in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "allow_download" in msg
+
+
+@pytest.mark.parametrize("name,train,test,size,k", [
+    ("digits", 1297, 500, 8, 10), ("mnist5k", 4000, 1000, 28, 10), ("textures", 2000, 500, 28, 5)])
+def test_offline_datasets(tmp_path, name, train, test, size, k):
+    meta = prepare(name, tmp_path / name, AcquireContext(tmp_path))
+    assert meta["splits"] == {"train": train, "test": test}
+    assert meta["image_size"] == size and meta["channels"] == 1 and meta["num_classes"] == k
+    assert all(c > 0 for c in meta["class_counts"]["test"])
+    assert meta["sha256"]["images.npy"] == sha256(tmp_path / name / "images.npy")
+    x, y = Prepared(tmp_path / name).tensors("test", image_size=32, channels=3)
+    assert x.shape == (test, 3, 32, 32) and 0 <= x.min() and x.max() <= 1 and y.max() == k - 1
+
+
+def test_textures_train_and_test_do_not_overlap():
+    from atlib.data.offline import texture_crops
+
+    a = texture_crops(n_train=50, n_test=50)
+    train = {r.tobytes() for r in a.train_x}
+    assert not any(r.tobytes() in train for r in a.test_x)
+
+
+def test_derived_subset_relabels_in_given_order(tmp_path, tiny_prepared):
+    meta = prepare("sub", tmp_path / "sub", AcquireContext(tmp_path),
+                   derived={"base": "tiny", "classes": [2, 0], "max_train": 10}, base_dir=tiny_prepared)
+    assert meta["num_classes"] == 2 and meta["splits"]["train"] == 10 and meta["classes"] == ["c", "a"]
+    base_x, base_y = Prepared(tiny_prepared).arrays("test")
+    x, y = Prepared(tmp_path / "sub").arrays("test")
+    assert np.array_equal(x[y == 0], base_x[base_y == 2])  # class 2 became label 0
+
+
+@pytest.mark.parametrize("kind,strength", [("invert", 1), ("rot90", 1), ("blur", 1.0), ("texture", 0.6)])
+def test_transforms_change_images_and_keep_dtype(kind, strength):
+    x = np.random.default_rng(0).integers(0, 80, (4, 28, 28, 1)).astype(np.uint8)
+    out = apply_transform(x, kind, strength, seed=0)
+    assert out.shape == x.shape and out.dtype == np.uint8 and not np.array_equal(out, x)
+    assert np.array_equal(apply_transform(x, kind, strength, seed=0), out)  # deterministic
+
+
+def test_adapt_resizes_and_refuses_rgb_to_gray():
+    x = torch.rand(2, 1, 8, 8)
+    assert adapt(x, 28, 3).shape == (2, 3, 28, 28)
+    with pytest.raises(ValueError, match="3-channel images to a 1-channel model"):
+        adapt(torch.rand(2, 3, 8, 8), 8, 1)
+
+
+def test_empty_split_refused(tmp_path):
+    from atlib.data import Arrays, write_prepared
+
+    x = np.zeros((4, 8, 8, 1), np.uint8)
+    with pytest.raises(ValueError, match="test split is empty"):
+        write_prepared(Arrays(x, np.zeros(4, np.int64), x[:0], np.zeros(0, np.int64)), tmp_path, "e", 2, 8, 1, "t")
+
+
+def test_meta_json_fields(tiny_prepared):
+    meta = json.loads((tiny_prepared / "meta.json").read_text())
+    assert {"name", "num_classes", "image_size", "channels", "splits", "class_counts", "sha256", "source"} <= set(meta)
