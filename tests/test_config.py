@@ -91,3 +91,31 @@ def test_same_model_with_two_schedules_refused():
     cfg["experiments"]["demo_sweep"]["train"] = "other"
     with pytest.raises(ConfigError, match="defined again"):
         check_config(cfg, DATASETS)
+
+
+def test_schema_has_only_known_keywords():
+    """Catches YAML flow-mapping slips (an unquoted comma in a description makes a stray key)."""
+    from atlib.config import load_schema
+
+    known = {"type", "default", "description", "enum", "minimum", "maximum", "exclusiveMinimum", "items",
+             "minItems", "properties", "additionalProperties", "required", "$ref", "minProperties", "title",
+             "$schema", "$defs"}
+    stray = []
+
+    def walk(node, parent):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if parent not in ("properties", "$defs") and k not in known:
+                    stray.append(k)
+                walk(v, k)
+
+    walk(load_schema(), "")
+    assert stray == []
+
+
+def test_readme_documents_every_config_key():
+    from atlib.schema_doc import BEGIN, END, render
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme[readme.index(BEGIN) + len(BEGIN):readme.index(END)].strip() == render().strip(), \
+        "README config table is stale: run `python -m atlib.schema_doc`"
