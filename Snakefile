@@ -6,7 +6,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/demo.yaml"
+# --configfile merges into a `configfile:` directive's file, so the demo is only the fallback:
+# `--configfile config/config.yaml` must plan the paper's grid alone, not the demo on top.
+if "experiments" not in config:
+
+    configfile: "config/demo.yaml"
 
 
 # Jobs import atlib from this checkout, whatever the environment (venv, conda, SLURM node).

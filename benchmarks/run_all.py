@@ -1,0 +1,39 @@
+"""`make bench`: run every benchmark in turn; each writes its JSON to benchmarks/results/.
+
+Usage: python benchmarks/run_all.py [name ...]   (names: adversarial_step, transfer_cache,
+fisher, demo, inversion; default all, in that order: inversion reads the demo's curves).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BENCHES = {
+    "adversarial_step": [sys.executable, str(HERE / "bench_adversarial_step.py")],
+    "transfer_cache": [sys.executable, str(HERE / "bench_transfer_cache.py")],
+    "fisher": [sys.executable, str(HERE / "bench_fisher.py")],
+    # The whole offline demo, timed from scratch in a fresh results directory.
+    "demo": [sys.executable, "-m", "atlib.demo", "--results", "results/bench_demo",
+             "--measure", str(HERE / "results" / "demo.json")],
+    "inversion": [sys.executable, str(HERE / "bench_inversion.py"), "--results", "results/bench_demo"],
+}
+
+
+def main(names: list[str]) -> None:
+    failed = []
+    for name in names or list(BENCHES):
+        if name == "demo":
+            subprocess.run(["rm", "-rf", str(ROOT / "results" / "bench_demo")], check=True)
+        print(f"== bench {name}", flush=True)
+        if subprocess.run(BENCHES[name], cwd=ROOT).returncode != 0:
+            failed.append(name)
+    if failed:
+        raise SystemExit(f"benchmarks failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
