@@ -13,6 +13,6 @@ with job_logging(sm.log[0]):
     base = Path(sm.input.base[0]).parent if sm.input.base else None
     try:
         meta = prepare(sm.wildcards.dataset, out, ctx, derived=sm.params.derived, base_dir=base)
-    except DatasetMissing as err:
-        raise SystemExit(str(err)) from None
+    except (DatasetMissing, ValueError) as err:  # missing, partial, corrupt or wrong-size copies
+        raise SystemExit(f"prepare_dataset {sm.wildcards.dataset}: {err}") from None
     logging.info("prepared %s: %s", sm.wildcards.dataset, meta["splits"])
