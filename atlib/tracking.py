@@ -1,0 +1,489 @@
+"""MLflow view of the results tree: an idempotent ingest, and optional live logging from jobs.
+
+Result files are the source of truth. `ingest` walks `results/` and keeps exactly one MLflow run
+per finished job, found again through its `job_key` tag (the job's path under `results/`, e.g.
+"transfer/fmnist04/resnet8/eps1/s0/mnist5k/mode0"). A run whose files and params are unchanged
+(`content_hash` tag) is skipped; a changed job's run is deleted and logged again from scratch, so
+metric histories never hold stale or doubled points. Every wildcard is its own tag, so the UI can
+filter e.g. `tags.rule = 'transfer' and tags.mode = '0' and tags.eps = '1'`.
+
+`LiveLogger` lets a training job stream its metrics while it runs. It never raises: if the server
+is down or slow it warns once and turns itself off; the ingest later replaces the live run with
+the complete one (same `job_key`, no duplicate).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+# Files that become artifacts of a run (model weights and feature caches stay out: too big).
+ARTIFACT_SUFFIXES = {".json", ".csv", ".png", ".pdf", ".md", ".txt"}
+MAX_ARTIFACT_BYTES = 20 * 2**20
+# MLflow's per-call limits for log_batch.
+BATCH_METRICS, BATCH_PARAMS, BATCH_TAGS = 1000, 100, 100
+
+_WILDCARD_RE = {
+    "source": r"[A-Za-z0-9_\-]+", "dataset": r"[A-Za-z0-9_\-]+", "target": r"[A-Za-z0-9_\-]+",
+    "arch": r"resnet[0-9]+(?:_imagenet)?", "eps": r"[0-9]+(?:\.[0-9]+)?", "seed": r"[0-9]+",
+    "mode": r"[012]", "method": r"plain|variational|effective",
+}
+MODEL_PATH = "{source}/{arch}/eps{eps}/s{seed}"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used (unreachable server, bad URI); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of finished job in the results tree.
+
+    Args:
+        rule: the Snakemake rule that writes it (the `rule` tag).
+        folder: its top folder under results/.
+        pattern: its path under `folder`, with wildcards; a directory, or a file for `single_file`.
+        marker: the file whose presence means the job finished.
+        single_file: the job is the marker file alone (task distance), not a directory.
+        history: csv whose rows are metric histories (step column `step_col`).
+    """
+
+    rule: str
+    folder: str
+    pattern: str
+    marker: str
+    single_file: bool = False
+    history: str | None = None
+    step_col: str = "epoch"
+
+    def regex(self) -> re.Pattern:
+        out = re.escape(self.pattern)
+        for name, rx in _WILDCARD_RE.items():
+            out = out.replace(re.escape("{" + name + "}"), f"(?P<{name}>{rx})")
+        return re.compile(f"^{out}$")
+
+
+KINDS = (
+    JobKind("train_source", "models", MODEL_PATH, "metrics.json", history="history.csv"),
+    JobKind("transfer", "transfer", MODEL_PATH + "/{target}/mode{mode}", "metrics.json", history="history.csv"),
+    JobKind("fisher", "fisher", MODEL_PATH, "summary.json"),
+    JobKind("representation", "representation", MODEL_PATH, "summary.json"),
+    JobKind("invert", "invert", MODEL_PATH + "/{method}", "curve.csv", history="curve.csv", step_col="step"),
+    JobKind("task_distance", "distance", MODEL_PATH + "/{dataset}.json", "", single_file=True),
+)
+
+
+@dataclass
+class Job:
+    """A finished job found in the results tree."""
+
+    kind: JobKind
+    key: str  # the job_key tag: "<folder>/<path>" (no .json for single-file jobs)
+    wildcards: dict[str, str]
+    files: list[Path]  # the job's small result files (artifacts, hashed)
+    main: Path  # metrics.json / summary.json / the distance json; may not exist for invert
+    history: Path | None
+
+
+def default_uri(results_dir: str | Path) -> str:
+    """The local store: `sqlite:///<abs results>/mlflow.db` (MLflow >= 3.7 defaults to sqlite)."""
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def job_key(results_dir: str | Path, output_file: str | Path) -> str:
+    """The job_key of the job that writes `output_file` (for `LiveLogger` in a rule's script).
+
+    Args:
+        results_dir: the results root (config `results`).
+        output_file: any output of the job, e.g. snakemake.output.metrics.
+    """
+    rel = Path(output_file).resolve().relative_to(Path(results_dir).resolve())
+    for kind in KINDS:
+        if rel.parts[0] != kind.folder:
+            continue
+        inner = Path(*rel.parts[1:])
+        candidates = [inner.as_posix()] if kind.single_file else [p.as_posix() for p in inner.parents]
+        for c in candidates:
+            if kind.regex().match(c):
+                return f"{kind.folder}/{c[:-5] if kind.single_file else c}"
+    raise ValueError(f"{output_file} is not the output of a tracked job under {results_dir}")
+
+
+def find_jobs(results_dir: str | Path) -> list[Job]:
+    """Every finished job under `results_dir`, sorted by job_key."""
+    root = Path(results_dir)
+    jobs = []
+    for kind in KINDS:
+        top = root / kind.folder
+        if not top.is_dir():
+            continue
+        rx = kind.regex()
+        markers = top.rglob("*.json") if kind.single_file else top.rglob(kind.marker)
+        for marker in markers:
+            rel = marker.relative_to(top).as_posix() if kind.single_file else marker.parent.relative_to(top).as_posix()
+            m = rx.match(rel)
+            if not m:
+                continue
+            wc = {k: v for k, v in m.groupdict().items() if v is not None}
+            if kind.single_file:
+                files, main, hist = [marker], marker, None
+                wc["probe"] = MODEL_PATH.format(**wc)
+                key = f"{kind.folder}/{rel[:-5]}"
+            else:
+                files = sorted(p for p in marker.parent.iterdir() if p.is_file() and p.suffix in ARTIFACT_SUFFIXES
+                               and p.stat().st_size <= MAX_ARTIFACT_BYTES)
+                main = marker.parent / ("summary.json" if kind.marker.endswith(".csv") else kind.marker)
+                hist = marker.parent / kind.history if kind.history else None
+                key = f"{kind.folder}/{rel}"
+            if kind.rule == "transfer":
+                wc["source_model"] = MODEL_PATH.format(**wc)
+            jobs.append(Job(kind, key, wc, files, main, hist if hist and hist.exists() else None))
+    return sorted(jobs, key=lambda j: j.key)
+
+
+def flatten(d: dict, prefix: str = "", sep: str = "/") -> dict[str, Any]:
+    """Nested dicts -> one level with `a/b` keys."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{sep}{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, name, sep))
+        else:
+            out[name] = v
+    return out
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def job_params(job: Job, config: dict | None) -> dict[str, str]:
+    """The job's wildcards plus the config values that define it (flattened, as strings)."""
+    params: dict[str, Any] = dict(job.wildcards)
+    cfg = config or {}
+    model = MODEL_PATH.format(**job.wildcards) if "seed" in job.wildcards else None
+    exp_name = None
+    if model and cfg.get("experiments"):
+        from .config import model_experiments
+
+        try:
+            exp_name = model_experiments(cfg).get(model)
+        except (KeyError, TypeError, ValueError):
+            exp_name = None
+    exp = (cfg.get("experiments") or {}).get(exp_name) if exp_name else None
+    if exp:
+        params["experiment"] = exp_name
+        params["width"] = exp.get("width")
+        params["train_schedule"] = exp.get("train")
+        params.update(flatten(cfg.get("train_schedules", {}).get(exp.get("train"), {}) or {}, "train", "."))
+    rule = job.kind.rule
+    if rule == "transfer" and exp:
+        params["finetune_schedule"] = exp.get("finetune")
+        params.update(flatten(cfg.get("finetune_schedules", {}).get(exp.get("finetune"), {}) or {}, "finetune", "."))
+    section = {"fisher": "fisher", "representation": "representation", "invert": "invert",
+               "task_distance": "distance"}.get(rule)
+    if section and isinstance(cfg.get(section), dict):
+        params.update(flatten(cfg[section], section, "."))
+    if "device" in cfg:
+        params["device"] = cfg["device"]
+    out = {}
+    for k, v in params.items():
+        if v is None:
+            continue
+        s = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+        out[k] = s[:6000]  # MLflow's param value limit
+    return out
+
+
+def content_hash(job: Job, params: dict[str, str]) -> str:
+    """Hash of the job's files and params: equal hash = nothing to re-log."""
+    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for f in job.files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise TrackingError(f"cannot read {path}: {err}; rerun the job that writes it") from None
+
+
+def job_metrics(job: Job) -> list[tuple[str, float, int]]:
+    """(key, value, step) for the job's final metrics and its history rows."""
+    out: list[tuple[str, float, int]] = []
+    hist_cols: set[str] = set()
+    if job.history is not None:
+        with job.history.open(newline="") as fh:
+            for i, row in enumerate(csv.DictReader(fh)):
+                try:
+                    step = int(float(row.get(job.kind.step_col) or i))
+                except ValueError:
+                    step = i
+                for col, raw in row.items():
+                    if col == job.kind.step_col or raw in (None, ""):
+                        continue
+                    try:
+                        v = float(raw)
+                    except ValueError:
+                        continue
+                    if math.isfinite(v):
+                        hist_cols.add(col)
+                        out.append((col, v, step))
+    if job.main.exists():
+        last = max((s for _, _, s in out), default=0)
+        for k, v in flatten(_read_json(job.main)).items():
+            num = _number(v)
+            if num is not None:
+                # A final value named like a history column would be drawn into its curve.
+                out.append((f"final/{k}" if k in hist_cols else k, num, last))
+    return out
+
+
+def git_commit(path: str | Path = ".") -> str | None:
+    """HEAD of the git checkout holding `path` (None outside git)."""
+    try:
+        r = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (r.stdout.strip() or None) if r.returncode == 0 else None
+
+
+def _check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """A remote server must answer before we spend minutes in MLflow's retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as err:
+        raise TrackingError(
+            f"MLflow server {uri} is not reachable ({type(err).__name__}). Start it (docs/cluster.md: "
+            "`mlflow server --backend-store-uri ...`), or set tracking.uri: null to use the local "
+            "sqlite store, then rerun the `track` rule: result files are unaffected.") from None
+
+
+def _experiment_id(client, name: str, artifact_root: Path | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    loc = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    return client.create_experiment(name, artifact_location=loc)
+
+
+def _is_local(uri: str) -> bool:
+    return not uri.startswith(("http://", "https://", "databricks"))
+
+
+def _runs_by_key(client, experiment_id: str) -> dict[str, list]:
+    runs: dict[str, list] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], "", max_results=1000, page_token=token)
+        for r in page:
+            key = r.data.tags.get("job_key")
+            if key:
+                runs.setdefault(key, []).append(r)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _log_job(client, experiment_id: str, job: Job, params: dict[str, str], tags: dict[str, str]) -> str:
+    from mlflow.entities import Metric, Param, RunTag
+
+    run = client.create_run(experiment_id, run_name=job.key, tags={"job_key": job.key, "rule": job.kind.rule})
+    rid = run.info.run_id
+    ts = int(max(f.stat().st_mtime for f in job.files) * 1000)
+    metrics = [Metric(k, v, ts, s) for k, v, s in job_metrics(job)]
+    p = [Param(k, v) for k, v in params.items()]
+    t = [RunTag(k, v) for k, v in tags.items()]
+    for i in range(0, len(metrics), BATCH_METRICS):
+        client.log_batch(rid, metrics=metrics[i:i + BATCH_METRICS])
+    for i in range(0, len(p), BATCH_PARAMS):
+        client.log_batch(rid, params=p[i:i + BATCH_PARAMS])
+    for i in range(0, len(t), BATCH_TAGS):
+        client.log_batch(rid, tags=t[i:i + BATCH_TAGS])
+    for f in job.files:
+        client.log_artifact(rid, str(f))
+    client.set_terminated(rid, "FINISHED", end_time=ts)
+    return rid
+
+
+def ingest(results_dir: str | Path, uri: str | None = None, experiment: str = "atlib", config: dict | None = None,
+           git_commit: str | None = None) -> dict[str, Any]:
+    """Make the MLflow experiment mirror the results tree: one run per finished job.
+
+    Args:
+        results_dir: the results root.
+        uri: tracking URI; None = `default_uri(results_dir)`.
+        experiment: MLflow experiment name.
+        config: the workflow config (checked, defaults filled): params and the config hash.
+        git_commit: commit of the code that produced the results (tag), if known.
+
+    Returns: {"uri", "experiment", "experiment_id", "jobs", "created", "updated", "skipped",
+        "seconds"}. Raises TrackingError for an unreachable server or unreadable result file.
+    """
+    from mlflow import MlflowClient
+
+    from .config import config_hash
+
+    t0 = time.time()
+    results = Path(results_dir)
+    uri = uri or default_uri(results)
+    _check_reachable(uri)
+    jobs = find_jobs(results)
+    client = MlflowClient(tracking_uri=uri)
+    # A local store's artifacts live beside the results (MLflow's default, ./mlruns, is the cwd).
+    exp_id = _experiment_id(client, experiment, results / "mlartifacts" if _is_local(uri) else None)
+    existing = _runs_by_key(client, exp_id)
+    common = {"config_hash": config_hash(config) if config else "", "git_commit": git_commit or ""}
+    common = {k: v for k, v in common.items() if v}
+    if git_commit:
+        common["mlflow.source.git.commit"] = git_commit
+    counts = {"created": 0, "updated": 0, "skipped": 0}
+    for job in jobs:
+        params = job_params(job, config)
+        digest = content_hash(job, params)
+        old = existing.pop(job.key, [])
+        if len(old) == 1 and old[0].data.tags.get("content_hash") == digest:
+            counts["skipped"] += 1
+            continue
+        # Changed results, or a live run from the job itself: log it again from scratch.
+        for r in old:
+            client.delete_run(r.info.run_id)
+        tags = {**common, **{k: str(v) for k, v in job.wildcards.items()}, "content_hash": digest}
+        _log_job(client, exp_id, job, params, tags)
+        counts["updated" if old else "created"] += 1
+    summary = {"uri": uri, "experiment": experiment, "experiment_id": exp_id, "jobs": len(jobs), **counts,
+               "stale_kept": sorted(existing), "seconds": round(time.time() - t0, 2)}
+    log.info("MLflow ingest: %s", summary)
+    return summary
+
+
+@contextmanager
+def _short_http_timeouts(timeout: float) -> Iterator[None]:
+    """Live logging must not stall a job: no retries, a short timeout (read per request by MLflow)."""
+    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(max(1, timeout)))}
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class LiveLogger:
+    """Stream a job's metrics to MLflow while it runs; never raises, never stalls the job for long.
+
+    The run is tagged with `job_key` (see `job_key()`), so a retried job continues the same run and
+    the `track` ingest later replaces it with the complete run from the result files.
+
+    Args:
+        uri: tracking URI (config tracking.uri, or `default_uri(results)`).
+        experiment: experiment name (config tracking.experiment).
+        job_key: `job_key(results, snakemake.output[0])`.
+        tags: extra tags (rule, wildcards, ...).
+        enabled: config tracking.live; False makes every call a no-op.
+        timeout: seconds per HTTP request to a remote server.
+
+    Example (in a rule's script)::
+
+        from atlib.tracking import LiveLogger, default_uri, job_key
+        uri = cfg["tracking"]["uri"] or default_uri(cfg["results"])
+        with LiveLogger(uri, cfg["tracking"]["experiment"], job_key(cfg["results"], out_metrics),
+                        {"rule": "train_source"}, enabled=cfg["tracking"]["live"]) as live:
+            for epoch in range(epochs):
+                ...
+                live.log_metrics({"train_loss": loss, "test_acc": acc}, step=epoch)
+    """
+
+    def __init__(self, uri: str, experiment: str, job_key: str, tags: dict[str, Any] | None = None,
+                 enabled: bool = True, timeout: float = 5.0):
+        self.uri, self.experiment, self.job_key = uri, experiment, job_key
+        self.tags = {k: str(v) for k, v in (tags or {}).items()}
+        self.enabled, self.timeout = enabled, timeout
+        self.client = None
+        self.run_id: str | None = None
+
+    def _disable(self, err: BaseException) -> None:
+        self.enabled = False
+        warnings.warn(f"MLflow live logging to {self.uri} is off for this job ({type(err).__name__}: "
+                      f"{str(err)[:200]}); the `track` rule will ingest the results instead.", stacklevel=3)
+
+    def _call(self, fn, *args, **kwargs):
+        if not self.enabled:
+            return None
+        try:
+            with _short_http_timeouts(self.timeout):
+                return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - live logging must never fail a job
+            self._disable(err)
+            return None
+
+    def _start(self) -> None:
+        from mlflow import MlflowClient
+
+        _check_reachable(self.uri, timeout=self.timeout)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        exp = self.client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.experiment)
+        runs = self.client.search_runs([exp_id], f"tags.job_key = '{self.job_key}'", max_results=10)
+        for r in runs:
+            if "content_hash" in r.data.tags:  # an ingested run of results being recomputed now
+                self.client.delete_run(r.info.run_id)
+            elif self.run_id is None:  # a live run from an earlier attempt: continue it
+                self.run_id = r.info.run_id
+        if self.run_id is None:
+            run = self.client.create_run(exp_id, run_name=self.job_key, tags={"job_key": self.job_key, **self.tags})
+            self.run_id = run.info.run_id
+        else:
+            self.client.update_run(self.run_id, status="RUNNING")
+        self.client.set_tag(self.run_id, "live", "true")
+
+    def __enter__(self) -> "LiveLogger":
+        self._call(self._start)
+        return self
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        """Log finite numbers at `step`; anything else is dropped."""
+        if not self.enabled or self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, n, ts, int(step)) for k, v in metrics.items() if (n := _number(v)) is not None]
+        if batch:
+            self._call(self.client.log_batch, self.run_id, metrics=batch[:BATCH_METRICS])
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.enabled and self.run_id is not None:
+            self._call(self.client.set_terminated, self.run_id, "FINISHED" if exc_type is None else "FAILED")
+        return False
