@@ -1,0 +1,183 @@
+"""Aggregation of every result file into the paper's tables and figures, the paper comparison,
+the claims check and `summary.md` (rule aggregate; all files flat in results/report/).
+
+    from atlib.report import aggregate
+    files = aggregate(config, "results/report")
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures as F
+from .claims import check_claims, claims_markdown
+from .info import information_table, inversion_table
+from .load import Results, expected_jobs, load_results
+from .paper import paper_comparison, write_paper_comparison
+from .stats import correlation_table, gap_frame, gap_summary
+from .tables import html_page, write_all_tables
+
+__all__ = ["aggregate", "load_results", "expected_jobs", "Results", "check_claims", "paper_comparison",
+           "correlation_table", "gap_frame", "gap_summary", "information_table", "inversion_table"]
+
+log = logging.getLogger("atlib.report")
+
+REPORT_DEFAULTS = {"bootstrap": 1000, "near_far_split": 0.5, "noise_points": 2.0}
+
+
+def _tidy(out: Path, stem: str, df: pd.DataFrame, title: str, note: str = "") -> list[Path]:
+    """A results table as CSV, plus HTML for the Snakemake report."""
+    df.to_csv(out / f"{stem}.csv", index=False)
+    (out / f"{stem}.html").write_text(html_page(title, df.to_html(index=False, na_rep="—", float_format="%.4g"),
+                                                note))
+    return [out / f"{stem}.csv", out / f"{stem}.html"]
+
+
+def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None = None) -> list[Path]:
+    """Write every table, figure, comparison and the claims check of `config`'s results.
+
+    Args:
+        config: the (checked) workflow config.
+        out_dir: the report directory (results/report).
+        results_dir: where the result files are (default config["results"]).
+
+    Returns:
+        The files written, summary.md last.
+    """
+    rep = {**REPORT_DEFAULTS, **config.get("report", {})}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res = load_results(config, results_dir)
+    groups = res.experiment_groups()
+    entries: list[tuple[str, list[Path], str]] = []  # (section, files, caption)
+
+    def add(section: str, files: list[Path], caption: str) -> None:
+        if files:
+            entries.append((section, files, caption))
+
+    pgd = sorted((c for c in res.transfers.columns if c.startswith("pgd_acc_")), key=lambda c: float(c[8:]))
+    tcols = ["source", "arch", "eps", "seed", "target", "mode", "top1"] + pgd + ["distance", "similarity", "otdd"]
+    tcols += [c for c in res.transfers.columns if c not in tcols]
+    add("Results", _tidy(out, "transfers", res.transfers[tcols], "All transfers (tidy)",
+                         "distance = EMD of the target from the source under the probe model; top1 and pgd_acc "
+                         "in percent; empty = missing result"),
+        "Every transfer: top-1 and PGD accuracy [%], with the EMD distance, domain similarity and OTDD-style "
+        "distance of the target from the source.")
+    add("Results", _tidy(out, "sources", res.sources, "Source models"),
+        "Every source model: natural and PGD accuracy [%] per test eps, weight norm, training time.")
+
+    corr = correlation_table(res.transfers, res.distances, groups, int(rep["bootstrap"]))
+    add("Results", _tidy(out, "correlations", corr, "Gap vs distance correlations",
+                         f"95% percentile bootstrap intervals over targets, {rep['bootstrap']} resamples"),
+        f"Spearman and Pearson correlation of the mean gap with the task distance (EMD and OTDD), per source, "
+        f"arch, robust eps and mode, with 95% bootstrap intervals over targets ({rep['bootstrap']} resamples).")
+
+    tables = write_all_tables(res, out)
+    for p in tables:
+        if p.suffix == ".md":
+            kind = p.stem.split("_")[1]
+            add("Tables", [p.with_suffix(".csv"), p, p.with_suffix(".html")], {
+                "transfer": "Top-1 [%] of robust and standard backbones per target and mode (Tables 1, 2, 6, 7).",
+                "gap": "Gap top1(robust) - top1(standard) per target and mode (Tables 8, 9, 10).",
+                "arch": "Robust, standard and gap rows per architecture (Tables 3, 11, 12).",
+            }[kind])
+
+    n_boot = int(rep["bootstrap"])
+    for i, (source, arch) in enumerate(groups):
+        modes = sorted(res.transfers[(res.transfers["source"] == source)
+                                     & (res.transfers["arch"] == arch)]["mode"].unique())
+        for mode in modes:
+            stems = [f"gap_vs_distance_{source}_{arch}_mode{mode}"]
+            if i == 0 and mode == modes[0]:
+                stems.append("gap_vs_distance")  # a stable name for the first experiment
+            add("Figures", F.gap_vs_distance(res, source, arch, int(mode), n_boot, out, stems),
+                f"Gap vs EMD task distance, {source} ({arch}), mode {mode} (Figures 3, 7, 8); points are targets, "
+                "error bars the std over seeds; the legend gives Spearman/Pearson with 95% bootstrap CIs."
+                + (" Also saved as gap_vs_distance.png." if len(stems) > 1 else ""))
+        add("Figures", F.mode_comparison(res, source, arch, out),
+            f"Gap per target for each fine-tuning mode, {source} ({arch}) (Figure 14).")
+        add("Figures", F.learning_curves(res, source, arch, out),
+            f"Target test top-1 per fine-tuning epoch, robust vs standard, per mode, {source} ({arch}) "
+            "(Figures 10-13).")
+    add("Figures", F.source_tradeoff(res, out),
+        "Source models: natural and PGD accuracy against the training eps (claim 1).")
+    add("Information", F.fisher_vs_eps(res, out), "Mean log-variance of the optimal weight posterior Σ* vs eps "
+        "(Figure 4).")
+    add("Information", F.weight_norm_vs_eps(res, out), "Weight norm during training and at the end vs eps "
+        "(Figure 5).")
+    add("Information", F.input_fisher_vs_eps(res, out), "Input Fisher: top eigenvalue λ1 and tr(S)/n vs eps "
+        "(claim 12).")
+    add("Information", F.tsne_grid(res, out), "t-SNE of final representations per eps (Figure 6).")
+    add("Information", F.inversion_curves(res, out), "Inversion loss per step for plain, variational and "
+        "effective inversion (Figure 2).")
+    info = information_table(res)
+    add("Information", _tidy(out, "information", info, "Information per model"),
+        "Per analysed model: Fisher log-variance, KL, input-Fisher λ1 and tr/n, kNN accuracy, silhouette, "
+        "final weight norm.")
+    add("Information", _tidy(out, "inversion", inversion_table(res), "Inversion speed",
+                             "ratio = plain's steps / the method's steps to reach plain's final loss"),
+        "Inversion: final loss per method, and the steps each method needs to reach the loss plain inversion "
+        "reaches with its whole budget (ratio; the paper reports ~40x for variational).")
+
+    add("Paper", write_paper_comparison(res, out), "Our top-1 beside the paper's where the setting (source, "
+        "arch, eps, target, mode) matches one of the paper's tables; otherwise a note says none matches.")
+
+    claims = check_claims(res, float(rep["noise_points"]), float(rep["near_far_split"]), n_boot)
+    claims.to_csv(out / "claims.csv", index=False)
+    md = claims_markdown(claims, float(rep["noise_points"]))
+    (out / "claims.md").write_text(md)
+    (out / "claims.html").write_text(html_page("Claims check", claims.to_html(index=False, escape=True),
+                                               md.split("\n\n")[1]))
+    add("Claims", [out / "claims.md", out / "claims.csv", out / "claims.html"],
+        "Every claim of the paper judged on this run: holds / does not hold / inconclusive / not tested, "
+        "with the numbers behind each verdict.")
+
+    summary = out / "summary.md"
+    summary.write_text(_summary(res, entries, claims, out))
+    files = [p for _, fs, _ in entries for p in fs] + [summary]
+    log.info("report: %d files in %s (%d missing results)", len(files), out, len(res.missing))
+    return files
+
+
+def _summary(res: Results, entries: list[tuple[str, list[Path], str]], claims: pd.DataFrame, out: Path) -> str:
+    lines = [
+        "# atlib report",
+        "",
+        f"Everything is in this directory ({out}): tables as CSV (numbers) + Markdown + HTML, figures as PNG + "
+        "PDF, `claims.md` (the paper's claims checked), `paper_comparison.md` (our numbers beside the paper's). "
+        "A browsable HTML report with every figure and table: `snakemake --report report.html` (same "
+        "--configfile as the run).",
+        "",
+    ]
+    if res.missing:
+        lines += [f"**{len(res.missing)} result files are missing**; their cells are empty (—):", ""]
+        lines += [f"- `{m}`" for m in res.missing[:50]]
+        lines += ([f"- ... and {len(res.missing) - 50} more (see the aggregate log)"] if len(res.missing) > 50 else [])
+        lines.append("")
+    counts = claims["verdict"].value_counts()
+    lines += ["## Claims", "", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+              + ". Details: [claims.md](claims.md).", ""]
+    lines += ["| # | verdict | claim |", "|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['verdict']} | {r['statement']} |" for _, r in claims.iterrows()]
+    lines.append("")
+    section = None
+    for sec, files, caption in entries:
+        if sec == "Claims":
+            continue
+        if sec != section:
+            lines += [f"## {sec}", ""]
+            section = sec
+        main = files[0]
+        if main.suffix == ".png":
+            lines += [f"![{caption}]({main.name})", "", f"*{caption}* ([PDF]({main.with_suffix('.pdf').name}))", ""]
+        else:
+            links = ", ".join(f"[{p.name}]({p.name})" for p in files)
+            lines += [f"- {caption} {links}"]
+            md = next((p for p in files if p.suffix == ".md"), None)
+            if md is not None and md.name != "summary.md":
+                lines += ["", md.read_text()]
+            lines.append("")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,234 @@
+"""Aggregation on a synthetic results tree: tables, missing cells, correlations, paper
+comparison and the claims check. The files written here are test data, never pipeline output."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from atlib.config import check_config
+from atlib.report import aggregate, check_claims, load_results
+from atlib.report.claims import load_claims
+from atlib.report.stats import correlation, judge
+
+DATASETS = {"cifar10", "cifar100", "mnist", "svhn", "fashion_mnist"}
+TARGETS = ["mnist", "svhn", "cifar100"]
+EMD = {"cifar10": 0.0, "cifar100": 1.0, "svhn": 3.0, "mnist": 5.0}
+# top1 per (eps, target, mode); seed s adds s (so the gap is seed-independent; std 0) except noted.
+TOP1 = {
+    (0.0, "mnist", 0): 64.0, (1.0, "mnist", 0): 88.0,
+    (0.0, "svhn", 0): 40.0, (1.0, "svhn", 0): 55.0,
+    (0.0, "cifar100", 0): 40.0, (1.0, "cifar100", 0): 37.0,
+    (0.0, "mnist", 1): 97.0, (1.0, "mnist", 1): 98.0,
+    (0.0, "svhn", 1): 90.0, (1.0, "svhn", 1): 91.0,
+    (0.0, "cifar100", 1): 58.0, (1.0, "cifar100", 1): 57.0,
+}
+
+
+def _config(root: Path) -> dict:
+    cfg = {
+        "results": str(root),
+        "experiments": {
+            "c10": {"source": "cifar10", "arch": "resnet50", "eps": [0, 1], "seeds": [0, 1],
+                    "targets": TARGETS, "modes": [0, 1]},
+            "sweep": {"source": "cifar10", "arch": "resnet18", "eps": [0, 0.5, 1], "seeds": [0],
+                      "analyses": ["fisher", "representation", "invert"]},
+        },
+        "report": {"bootstrap": 200},
+    }
+    return check_config(cfg, known_datasets=DATASETS)
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(obj, pd.DataFrame):
+        obj.to_csv(path, index=False)
+    else:
+        path.write_text(json.dumps(obj))
+
+
+def write_tree(root: Path) -> dict:
+    """Fake-but-well-formed result files for every job of `_config`."""
+    cfg = _config(root)
+    for arch, eps_list, seeds in (("resnet50", [0, 1], [0, 1]), ("resnet18", [0, 0.5, 1], [0])):
+        for eps in eps_list:
+            for seed in seeds:
+                path = f"cifar10/{arch}/eps{eps:g}/s{seed}"
+                norm = 100.0 - (10.0 * eps if eps > 1 else 0.0) + seed
+                _write(root / f"models/{path}/metrics.json", {
+                    "natural_acc": 94.0 - 8 * eps + seed, "pgd_acc": {"0.5": 10 + 50 * eps, "1": 2 + 30 * eps},
+                    "weight_norm": norm, "epochs": 3, "train_time_s": 1.0, "eps": float(eps),
+                    "source": "cifar10", "arch": arch, "seed": seed})
+                _write(root / f"models/{path}/history.csv", pd.DataFrame({
+                    "epoch": [1, 2, 3], "lr": 0.1, "train_loss": [2.0, 1.5, 1.0], "train_acc": 50.0,
+                    "train_adv_acc": np.nan, "test_acc": 60.0, "test_adv_acc": np.nan,
+                    "weight_norm": [norm + 2, norm + 1, norm], "time_s": 1.0}))
+    for (eps, target, mode), top1 in TOP1.items():
+        for seed in (0, 1):
+            path = f"cifar10/resnet50/eps{eps:g}/s{seed}/{target}/mode{mode}"
+            _write(root / f"transfer/{path}/metrics.json", {
+                "top1": top1 + seed, "pgd_acc": {"0.5": 5 + 30 * eps}, "mode": mode, "target": target,
+                "source_model": path, "eps": eps, "seed": seed, "epochs": 3, "cached": False,
+                "train_time_s": 1.0})
+            _write(root / f"transfer/{path}/history.csv", pd.DataFrame({
+                "epoch": [1, 2, 3], "lr": 0.01, "train_loss": 1.0, "train_acc": 50.0,
+                "test_top1": [top1 - 10 + seed, top1 - 5 + seed, top1 + seed], "time_s": 1.0}))
+    for seed in (0, 1):
+        for ds, emd in EMD.items():
+            _write(root / f"distance/cifar10/resnet50/eps0/s{seed}/{ds}.json", {
+                "probe": f"cifar10/resnet50/eps0/s{seed}", "source": "cifar10", "dataset": ds, "emd": emd,
+                "similarity": float(np.exp(-0.01 * emd)), "otdd": 2 * emd, "n_images": 100})
+    for eps in (0, 0.5, 1):
+        path = f"cifar10/resnet18/eps{eps:g}/s0"
+        _write(root / f"fisher/{path}/summary.json", {
+            "eps": eps, "kind": "true", "n_images": 16, "log_variance_mean": -5 + 2 * eps,
+            "log_variance_per_layer": {}, "kl_total": 1.0, "kl_per_layer": {}, "fisher_trace": 1.0,
+            "weight_norm": 100.0, "input_fisher": {"lambda1": 2.0 - eps, "trace": 10.0, "trace_over_n": 0.5,
+                                                   "n": 100}})
+        _write(root / f"representation/{path}/summary.json",
+               {"eps": eps, "knn_acc": 90 - 20 * eps, "silhouette": 0.5 - 0.3 * eps, "n_images": 40})
+        _write(root / f"representation/{path}/tsne.csv",
+               pd.DataFrame({"x": np.arange(6.0), "y": np.arange(6.0) ** 2, "label": [0, 1, 2] * 2}))
+        steps = np.arange(101)
+        for method, rate in (("plain", 0.01), ("variational", 0.1), ("effective", 0.05)):
+            _write(root / f"invert/{path}/{method}/curve.csv",
+                   pd.DataFrame({"step": steps, "loss": np.exp(-rate * steps), "loss_noisy": np.exp(-rate * steps)}))
+            _write(root / f"invert/{path}/{method}/summary.json",
+                   {"method": method, "final_loss": float(np.exp(-rate * 100)), "steps": 100, "steps_to_reach": {}})
+    return cfg
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return write_tree(tmp_path / "results")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """The complete synthetic tree aggregated once (figures take most of the time)."""
+    root = tmp_path_factory.mktemp("full")
+    cfg = write_tree(root / "results")
+    return root / "report", aggregate(cfg, root / "report")
+
+
+def test_tables_and_gap_by_hand(report):
+    out, files = report
+    assert (out / "summary.md") == files[-1] and (out / "summary.md").exists()
+    gap = pd.read_csv(out / "table_gap_cifar10_resnet50.csv")
+    row = gap[(gap["mode"] == 0) & (gap["eps"] == 1)].iloc[0]
+    # by hand: seed 0: 88 - 64 = 24, seed 1: 89 - 65 = 24
+    assert row["mnist"] == pytest.approx(24.0) and row["mnist_std"] == pytest.approx(0.0)
+    assert row["cifar100"] == pytest.approx(-3.0)
+    top = pd.read_csv(out / "table_transfer_cifar10_resnet50.csv")
+    st = top[(top["mode"] == 0) & (top["model"] == "st")].iloc[0]
+    assert st["mnist"] == pytest.approx(64.5) and st["mnist_std"] == pytest.approx(np.std([64, 65], ddof=1))
+    md = (out / "table_transfer_cifar10_resnet50.md").read_text()
+    assert "64.50 ± 0.71" in md
+    tidy = pd.read_csv(out / "transfers.csv")
+    assert len(tidy) == 2 * 2 * 3 * 2 and {"distance", "similarity", "pgd_acc_0.5"} <= set(tidy.columns)
+    assert tidy[tidy["target"] == "mnist"]["distance"].eq(5.0).all()
+    sources = pd.read_csv(out / "sources.csv")
+    assert len(sources) == 4 + 3 and "pgd_acc_1" in sources
+    for name in ["gap_vs_distance.png", "gap_vs_distance_cifar10_resnet50_mode0.pdf",
+                 "gap_vs_distance_cifar10_resnet50_mode1.png", "mode_comparison_cifar10_resnet50.png",
+                 "learning_curves_cifar10_resnet50.png", "source_tradeoff.png", "fisher_vs_eps.png",
+                 "weight_norm_vs_eps.png", "input_fisher_vs_eps.png", "tsne_grid.png", "inversion_curves.png",
+                 "inversion.csv", "information.csv", "claims.md", "claims.csv", "paper_comparison.md"]:
+        assert (out / name).exists(), name
+    assert "![" in (out / "summary.md").read_text()
+
+
+def test_missing_cell_is_nan_and_logged(tree, tmp_path, caplog):
+    root = Path(tree["results"])
+    gone = [root / f"transfer/cifar10/resnet50/eps1/s{s}/svhn/mode1/metrics.json" for s in (0, 1)]
+    for p in gone:
+        p.unlink()
+    with caplog.at_level(logging.WARNING, logger="atlib.report"):
+        aggregate(tree, tmp_path / "report")
+    assert all(str(p) in caplog.text for p in gone)
+    top = pd.read_csv(tmp_path / "report" / "table_transfer_cifar10_resnet50.csv")
+    rob = top[(top["mode"] == 1) & (top["model"] == "rob")].iloc[0]
+    assert np.isnan(rob["svhn"]) and rob["mnist"] == pytest.approx(98.5)
+    gap = pd.read_csv(tmp_path / "report" / "table_gap_cifar10_resnet50.csv")
+    assert np.isnan(gap[gap["mode"] == 1].iloc[0]["svhn"])
+    md = (tmp_path / "report" / "table_transfer_cifar10_resnet50.md").read_text().splitlines()
+    assert any(line.startswith("| 1 | Rob |") and "| — |" in line for line in md)
+    assert "are missing" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_correlations(report):
+    corr = pd.read_csv(report[0] / "correlations.csv")
+    r = corr[(corr["mode"] == 0) & (corr["distance"] == "emd")].iloc[0]
+    # gaps by EMD: cifar100 (1) -3, svhn (3) 15, mnist (5) 24: perfectly monotone
+    assert r["n"] == 3 and r["spearman"] == pytest.approx(1.0)
+    assert np.isfinite(r["pearson"]) and r["spearman_lo"] <= r["spearman"] <= r["spearman_hi"]
+
+
+def test_correlation_function():
+    c = correlation([1, 2, 3, 4, 5], [2, 4, 5, 4, 6], n_boot=100)
+    assert c["n"] == 5 and 0 < c["spearman"] <= 1 and c["spearman_lo"] <= c["spearman_hi"]
+    assert np.isnan(correlation([1, 2], [3, 4], 10)["spearman"])  # too few targets
+
+
+def test_paper_comparison_matches(report):
+    cmp = pd.read_csv(report[0] / "paper_comparison.csv")
+    row = cmp[(cmp["target"] == "mnist") & (cmp["mode"] == 0) & (cmp["model"] == "rob")].iloc[0]
+    assert row["paper_top1"] == pytest.approx(88.11) and row["our_top1"] == pytest.approx(88.5)
+    assert row["diff"] == pytest.approx(88.5 - 88.11) and row["table"] == 6
+
+
+def test_paper_comparison_no_match_still_written(tmp_path):
+    cfg = check_config({"results": str(tmp_path / "r"), "experiments": {"x": {
+        "source": "mnist", "arch": "resnet8", "eps": [0, 1], "targets": ["svhn"]}}}, known_datasets=DATASETS)
+    aggregate(cfg, tmp_path / "report")
+    cmp = pd.read_csv(tmp_path / "report" / "paper_comparison.csv")
+    assert list(cmp.columns)[:3] == ["table", "source", "arch"]
+    assert "no setting" in cmp["note"].iloc[0]
+    assert "No setting" in (tmp_path / "report" / "paper_comparison.md").read_text()
+    claims = pd.read_csv(tmp_path / "report" / "claims.csv")
+    assert len(claims) == 15 and set(claims["verdict"]) == {"not tested"}
+
+
+def test_claims_every_claim_judged(report):
+    claims = pd.read_csv(report[0] / "claims.csv").set_index("claim")
+    assert list(claims.index) == list(range(1, 16)) and len(load_claims()) == 15
+    md = (report[0] / "claims.md").read_text()
+    assert sum(line.startswith("| ") and line[2:4].strip().isdigit() for line in md.splitlines()) == 15
+    v = claims["verdict"]
+    assert v[1] == "holds"  # natural 94 -> 86, PGD up 40 points
+    assert v[4] == "inconclusive"  # rho = 1 but only 3 targets (fewer than claims.MIN_TARGETS)
+    assert v[5] == "not tested"  # no A->B and B->A
+    assert v[6] == "holds"  # mean |gap| 14 (mode 0) -> 1 (mode 1)
+    assert v[7] == "holds" and v[9] == "holds" and v[11] == "holds" and v[12] == "holds"
+    assert v[8] == "not tested"  # resnet18 has no transfers
+    assert v[10] == "inconclusive"  # no eps > 1 in the sweep
+    assert v[13] == "holds"  # variational reaches plain's final loss in 10 of 100 steps
+    assert v[14] == "not tested" and "pixel-space" in claims.loc[14, "evidence"]
+    assert v[15] == "holds"  # PGD +30 points
+    assert "Spearman" in claims.loc[4, "evidence"]
+
+
+def test_judge_noise_is_inconclusive():
+    assert judge([0.5, 1.0, 1.5], +1, 2.0)[0] == "inconclusive"
+    assert judge([5.0, 6.0, 7.0], +1, 2.0)[0] == "holds"
+    assert judge([-5.0, -6.0, -7.0], +1, 2.0)[0] == "does not hold"
+    assert judge([10.0, -8.0, 5.0], +1, 2.0)[0] == "inconclusive"  # CI includes 0
+    assert judge([], +1, 2.0)[0] == "not tested"
+
+
+def test_corrupt_result_named(tree, tmp_path):
+    bad = Path(tree["results"]) / "models/cifar10/resnet50/eps0/s0/metrics.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="metrics.json"):
+        load_results(tree)
+
+
+def test_check_claims_direct(tree):
+    res = load_results(tree)
+    c = check_claims(res, noise=2.0, near_far=0.5, n_boot=50)
+    assert len(c) == 15 and set(c.columns) == {"claim", "statement", "paper", "verdict", "evidence"}

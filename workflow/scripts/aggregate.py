@@ -1,0 +1,13 @@
+"""Rule aggregate: every result file -> tables, figures, paper comparison, claims, summary.md."""
+
+from pathlib import Path
+
+from atlib.logs import job_logging
+from atlib.report import aggregate
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+with job_logging(sm.log[0]):
+    try:
+        aggregate(sm.config, Path(sm.output.summary).parent, results_dir=sm.params.results)
+    except ValueError as err:  # a corrupt result file, named in the message
+        raise SystemExit(str(err)) from None
