@@ -30,6 +30,9 @@ rule aggregate:
         ),
     params:
         results=RESULTS,
+        # What the report computes from (so a change reruns it); the rest of the config is read too.
+        report=config["report"],
+        probe=config["distance"]["probe"],
     log:
         f"{RESULTS}/logs/aggregate/aggregate.log",
     resources:
