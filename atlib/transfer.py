@@ -1,0 +1,521 @@
+"""Transfer a source model to a target dataset: a new linear head, fine-tuned in one of three modes.
+
+Modes (the paper's Appendix C): 0 trains the head and the BatchNorm right before it, 1 the head and
+every BatchNorm, 2 the whole network. Frozen modules stay in eval mode, so their running statistics
+never move.
+
+Mode 0 has a fast path. Everything before the last BN is frozen, so the two tensors the last block
+combines -- the last BN's input (the last conv's output) and the shortcut output -- are computed once
+and cached; each epoch then trains only the tail
+
+    last_bn -> (+ shortcut) -> relu -> avgpool -> fc,
+
+the same function as the full model with the frozen trunk. Both paths draw batches from the same
+seeded generator, so with bn_policy "train" (batch statistics in the last BN) they see the same
+batches in the same order and give the same results up to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import resume
+from .attacks import _ModeGuard, evaluate, natural_correct
+from .augment import augment_batch, is_random
+from .checkpoint import CheckpointError, load_model, save_model
+from .data import Prepared, adapt
+from .data.store import sha256
+from .models import ResNet
+from .optim import make_optimizer, make_scheduler
+from .runtime import autocast, pick_device, seed_everything, set_threads, to_memory_format
+from .train import load_batches, schedule_defaults, split_data
+
+logger = logging.getLogger("atlib.transfer")
+
+MODES = {0: "head + last BatchNorm", 1: "head + every BatchNorm", 2: "whole network"}
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_top1", "time_s")
+EVAL_BATCH = 256
+CHECK_EVERY = 50  # steps between finiteness checks of the loss (each one syncs a GPU)
+_MODEL_KEY = re.compile(r"^(?P<source>[^/]+)/(?P<arch>[^/]+)/eps(?P<eps>[0-9.]+)/s(?P<seed>[0-9]+)$")
+
+
+class TransferError(ValueError):
+    """A transfer that cannot be done as asked; the message names the target and the source model."""
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def trained_modules(model: ResNet, mode: int) -> list[nn.Module]:
+    """The leaf modules whose parameters mode `mode` trains (the head is `model.fc`)."""
+    if mode == 0:
+        return [model.fc, model.last_bn()]
+    if mode == 1:
+        return [model.fc] + [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if mode == 2:
+        return [m for m in model.modules() if not any(True for _ in m.children())]
+    raise ValueError(f"unknown transfer mode {mode!r}: expected one of {sorted(MODES)}")
+
+
+def freeze_for_mode(model: ResNet, mode: int) -> list[nn.Parameter]:
+    """Set requires_grad for `mode` and return the trained parameters, in model order."""
+    trained = {id(p) for m in trained_modules(model, mode) for p in m.parameters(recurse=False)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trained)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def set_train_mode(model: ResNet, mode: int, bn_policy: str) -> None:
+    """`model.train()`, then eval() on every frozen leaf module (and on trained BNs under "eval").
+
+    bn_policy says what the BatchNorm layers being fine-tuned do:
+      "train": train mode -- they normalize with batch statistics and update their running
+               statistics on the target;
+      "eval":  eval mode -- the source running statistics are kept and used, only their affine
+               parameters (weight, bias) are learned.
+    Frozen BatchNorms are always in eval mode, so their running statistics never move.
+    """
+    if bn_policy not in ("train", "eval"):
+        raise ValueError(f"bn_policy must be 'train' or 'eval', got {bn_policy!r}")
+    model.train()
+    trained = {id(m) for m in trained_modules(model, mode)}
+    for m in model.modules():
+        if any(True for _ in m.children()):
+            continue  # containers: their leaves decide
+        is_bn = isinstance(m, nn.modules.batchnorm._BatchNorm)
+        if id(m) not in trained or (is_bn and bn_policy == "eval"):
+            m.eval()
+
+
+def new_head(model: ResNet, num_classes: int) -> None:
+    """Replace `model.fc` with a fresh linear head (initialized from torch's global RNG)."""
+    model.fc = nn.Linear(model.feature_dim, num_classes)
+
+
+# --------------------------------------------------------------------------- mode-0 cache
+
+
+@dataclass
+class TailCache:
+    """The frozen trunk's outputs for one split: the last BN's input and the shortcut output."""
+
+    pre: torch.Tensor
+    identity: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement() for t in (self.pre, self.identity))
+
+    def to(self, device: torch.device) -> "TailCache":
+        return TailCache(self.pre.to(device), self.identity.to(device), self.y.to(device))
+
+    def batch(self, idx: torch.Tensor, device: torch.device, channels_last: bool,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pre, identity, y) of `idx` on `device`."""
+        idx = idx.to(self.y.device)
+        pre, ident, y = (t[idx].to(device, non_blocking=True) for t in (self.pre, self.identity, self.y))
+        return to_memory_format(pre, channels_last), to_memory_format(ident, channels_last), y
+
+
+def tail_forward(model: ResNet, pre: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """Logits from cached trunk outputs: the last block's end, the pooling and the head.
+
+    Both BasicBlock and Bottleneck end with `relu(last_bn(conv(...)) + identity)`, and
+    `ResNet.features` then pools and flattens, so this is exactly `model(x)` given the trunk.
+    """
+    out = model.last_block().relu(model.last_bn()(pre) + identity)
+    return model.fc(torch.flatten(model.avgpool(out), 1))
+
+
+@torch.no_grad()
+def trunk_outputs(model: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(last BN input, shortcut output) of a batch, captured by hooks on the last block."""
+    block, bn = model.last_block(), model.last_bn()
+    got: dict[str, torch.Tensor] = {}
+    hooks = [bn.register_forward_pre_hook(lambda m, args: got.__setitem__("pre", args[0]))]
+    if block.downsample is not None:
+        hooks.append(block.downsample.register_forward_hook(lambda m, a, out: got.__setitem__("id", out)))
+    else:  # the shortcut is the block's input itself
+        hooks.append(block.register_forward_pre_hook(lambda m, args: got.__setitem__("id", args[0])))
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got["pre"], got["id"]
+
+
+def cache_nbytes(model: ResNet, x: torch.Tensor, n: int, device: torch.device, bf16: bool,
+                 channels_last: bool) -> int:
+    """Bytes a cache of `n` images like `x` (one adapted image or more) will take."""
+    with _ModeGuard(model, True), autocast(device, bf16):
+        pre, ident = trunk_outputs(model, to_memory_format(x[:1].to(device), channels_last))
+    return n * (pre.element_size() * pre[0].nelement() + ident.element_size() * ident[0].nelement())
+
+
+@torch.no_grad()
+def build_cache(model: ResNet, data: "Split", device: torch.device, bf16: bool, channels_last: bool,
+                desc: str = "cache") -> TailCache:
+    """Run the frozen trunk once over a split, in eval mode (no running statistics move).
+
+    The cache lives in host memory, in the dtype the trunk produced (bf16 under autocast: what
+    the plain path feeds the last BN); batches move to `device` when used.
+    """
+    pre = ident = None
+    ys = torch.empty(data.n, dtype=torch.int64)
+    with _ModeGuard(model, True):
+        for idx in tqdm(torch.arange(data.n).split(EVAL_BATCH), desc=desc, leave=False, mininterval=2.0):
+            x, y = data.batch(idx, device, channels_last)
+            with autocast(device, bf16):
+                p, i = trunk_outputs(model, x)
+            if pre is None:  # preallocate: no concatenation peak for large caches
+                pre = torch.empty((data.n,) + tuple(p.shape[1:]), dtype=p.dtype)
+                ident = torch.empty((data.n,) + tuple(i.shape[1:]), dtype=i.dtype)
+            pre[idx], ident[idx], ys[idx] = p.cpu(), i.cpu(), y.cpu()
+    return TailCache(pre, ident, ys)
+
+
+def use_cache(mode: int, schedule: dict[str, Any]) -> bool:
+    """Whether this job takes the mode-0 fast path (schedule.cache_features), before size checks.
+
+    "auto" caches unless the schedule augments randomly; "always" refuses augmentation; "never"
+    never caches. Modes 1 and 2 train inside the trunk and never cache.
+    """
+    policy = schedule["cache_features"]
+    if mode != 0 or policy == "never":
+        return False
+    if is_random(schedule["augment"]):
+        if policy == "always":
+            raise TransferError("finetune schedule: cache_features is 'always' but augment is on "
+                                "(crop_pad/flip), and cached trunk outputs cannot be augmented. "
+                                "Set cache_features to 'auto' or 'never', or turn augmentation off.")
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- data
+
+
+class Split:
+    """One split of a target at its stored size, adapted to the model's input per batch.
+
+    Adapting per batch (resize, gray -> 3 channels) gives the same images as adapting the whole
+    split up front, without holding an upsampled copy (e.g. CIFAR at 224 for an ImageNet model).
+    """
+
+    def __init__(self, prep: Prepared, split: str, image_size: int, channels: int, limit: int | None = None,
+                 workers: int = 0) -> None:
+        self.ds = split_data(prep, split, limit)
+        self.n = len(self.ds)
+        self.image_size, self.channels, self.workers = image_size, channels, workers
+
+    def batch(self, idx: torch.Tensor, device: torch.device, channels_last: bool,
+              augment: dict[str, Any] | None = None, generator: torch.Generator | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapted (and optionally augmented) images of `idx` on `device`, and their labels."""
+        x, y = next(load_batches(self.ds, [idx], self.workers))
+        x = adapt(x, self.image_size, self.channels).to(device, non_blocking=True)
+        if augment is not None:
+            x = augment_batch(x, augment, generator)
+        return to_memory_format(x, channels_last), y.to(device, non_blocking=True)
+
+    def head(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `m` images, adapted, on the CPU (what the PGD evaluation attacks)."""
+        xs, ys = zip(*(self.batch(idx, torch.device("cpu"), False) for idx in torch.arange(m).split(EVAL_BATCH)))
+        return torch.cat(xs), torch.cat(ys).long()
+
+
+def split_accuracy(model: ResNet, data: Split, device: torch.device, bf16: bool, channels_last: bool) -> float:
+    """Top-1 (%) of the full model on a whole split (eval mode for the call)."""
+    correct = 0
+    for idx in torch.arange(data.n).split(EVAL_BATCH):
+        x, y = data.batch(idx, device, channels_last)
+        correct += natural_correct(model, x, y.cpu(), EVAL_BATCH, device, bf16, channels_last)
+    return 100.0 * correct / data.n
+
+
+@torch.no_grad()
+def cache_accuracy(model: ResNet, cache: TailCache, device: torch.device, bf16: bool,
+                   channels_last: bool = False) -> float:
+    """Top-1 (%) of the tail on cached trunk outputs (eval mode for the call)."""
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    with _ModeGuard(model, True):
+        for idx in torch.arange(len(cache.y)).split(EVAL_BATCH):
+            pre, ident, y = cache.batch(idx, device, channels_last)
+            with autocast(device, bf16):
+                logits = tail_forward(model, pre, ident)
+            correct += (logits.argmax(1) == y).sum()
+    return 100.0 * int(correct) / len(cache.y)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def parse_model_key(model_path: str | Path, model_key: str | None = None) -> tuple[str, str | None, float | None]:
+    """(model path key, arch, eps) from `model_key` or from the results layout of `model_path`
+    (`.../models/{source}/{arch}/eps{eps}/s{seed}/model.pt`); arch/eps are None if unparsable."""
+    key = model_key or "/".join(Path(model_path).parts[-5:-1])
+    m = _MODEL_KEY.match(key)
+    if m is None:
+        return (model_key or str(model_path)), None, None
+    return key, m["arch"], float(m["eps"])
+
+
+def _load_inputs(model_path: str | Path, target_dir: str | Path, key: str, arch: str | None,
+                 mode: int) -> tuple[Prepared, ResNet, dict[str, Any]]:
+    """Source model and target, or a TransferError naming both and the fix."""
+    target = Path(target_dir).name
+    where = f"cannot transfer {key} to {target}"
+    if mode not in MODES:
+        raise TransferError(f"{where}: unknown mode {mode!r}; modes are {MODES}")
+    try:
+        prep = Prepared(target_dir)
+    except FileNotFoundError as err:
+        raise TransferError(f"{where}: {err}") from None
+    try:
+        model, meta = load_model(model_path, expect_arch=arch)
+    except CheckpointError as err:
+        raise TransferError(f"{where}: {err}") from None
+    for split in ("train", "test"):
+        if prep.split_size(split) == 0:
+            raise TransferError(f"{where}: the target's {split} split is empty ({prep.root / 'meta.json'}); "
+                                "prepare it again or pick another target")
+    probe = torch.zeros(1, prep.channels, prep.image_size, prep.image_size)
+    try:
+        adapt(probe, meta["image_size"], meta["in_channels"])
+    except ValueError as err:
+        raise TransferError(f"{where}: target {target} has {prep.channels}-channel images and source model "
+                            f"{key} takes {meta['in_channels']}-channel input ({err}). Use a source model "
+                            "trained on RGB images, or a grayscale target.") from None
+    return prep, model, meta
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def transfer(
+    model_path: str | Path,
+    target_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    mode: int,
+    schedule: dict[str, Any] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    threads: int = 1,
+    log: logging.Logger = logger,
+    model_key: str | None = None,
+    arch: str | None = None,
+    save_model_to: str | Path | None = None,
+    _stop_after_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Fine-tune a source model on a target and write history.csv and metrics.json to `out_dir`.
+
+    The head is replaced by a new linear layer for the target's classes; target images are
+    adapted to the source model's input size and channels. Mode 0 trains the head and the last
+    BatchNorm, mode 1 the head and every BatchNorm, mode 2 the whole network; frozen modules stay
+    in eval mode (`set_train_mode`; schedule.bn_policy says what the trained BNs do). Mode 0
+    caches the frozen trunk's outputs when schedule.cache_features allows (`use_cache`) and the
+    cache fits in schedule.cache_max_mb. At the end the transferred model is evaluated on the
+    target's test split: top-1 on every image and PGD (L2) accuracy per schedule.evaluation
+    (Lemma 5.1: a robust backbone gives a robust transferred model).
+
+    Args:
+        model_path: a source model.pt (`checkpoint.save_model`).
+        target_dir: a prepared target (`results/data/{target}`).
+        out_dir: where history.csv and metrics.json go; `out_dir/resume/` holds the resumable
+            state while the job runs (a rerun after a kill or SIGTERM/SIGUSR1 continues from it).
+        mode: 0, 1 or 2 (the paper's Appendix C).
+        schedule: a finetune_schedules entry (missing keys take the schema defaults).
+        seed: seeds the head, data order, augmentation and the attack.
+        device: "cpu", "cuda", "auto" or a torch.device.
+        threads: torch threads.
+        log: where per-epoch lines go.
+        model_key: "{source}/{arch}/eps{eps}/s{seed}" of the source model (metrics'
+            source_model and eps); default: read from `model_path`'s results layout.
+        arch: the architecture the source model must have (default: the key's).
+        save_model_to: also save the fine-tuned model there (not an output of the rule).
+        _stop_after_epoch: test hook, behave as if preempted after this many epochs.
+    Returns:
+        The metrics dict written to metrics.json.
+    Raises:
+        TransferError: the source model or target cannot be used (names both), or a
+            non-finite loss.
+        resume.Interrupted: SIGTERM/SIGUSR1 (or the test hook); the state is saved.
+        CheckpointError: a corrupt or foreign resume state.
+    """
+    sched = schedule_defaults(schedule, "finetune_schedule")
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    set_threads(threads)
+    out_dir = Path(out_dir)
+    key, key_arch, key_eps = parse_model_key(model_path, model_key)
+    prep, model, meta = _load_inputs(model_path, target_dir, key, arch or key_arch, mode)
+    target = prep.name
+    eps = key_eps if key_eps is not None else float(meta.get("eps", float("nan")))
+    amp, cl, bs, epochs = bool(sched["bf16"]), bool(sched["channels_last"]), int(sched["batch_size"]), int(sched["epochs"])
+    workers = 0 if prep.meta["format"] == "arrays" else max(1, threads)
+    size, chans = int(meta["image_size"]), int(meta["in_channels"])
+    train = Split(prep, "train", size, chans, sched["max_train"], workers)
+    test = Split(prep, "test", size, chans, None, workers)
+
+    gen = seed_everything(seed)
+    new_head(model, prep.num_classes)
+    params = freeze_for_mode(model, mode)
+    model.to(dev)
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(params, sched)
+    scheduler = make_scheduler(opt, sched)
+
+    cached = use_cache(mode, sched)
+    if cached:
+        need = cache_nbytes(model, train.batch(torch.arange(1), torch.device("cpu"), False)[0],
+                            train.n + test.n, dev, amp, cl)
+        if need > sched["cache_max_mb"] * 2**20:
+            msg = (f"mode-0 cache of {key} on {target} needs {need / 2**20:.0f} MB, over "
+                   f"cache_max_mb={sched['cache_max_mb']}")
+            if sched["cache_features"] == "always":
+                raise TransferError(f"{msg}: raise cache_max_mb (and the job's memory) or set cache_features "
+                                    "to 'auto'")
+            log.info("%s: training the full model instead", msg)
+            cached = False
+
+    rdir = out_dir / "resume"
+    fingerprint = {"model": key, "model_sha256": sha256(Path(model_path)), "target": target, "mode": mode,
+                   "seed": seed, "cached": cached, "n_train": train.n,
+                   "data": json.dumps(prep.meta.get("sha256", {}), sort_keys=True),
+                   "schedule": json.dumps(sched, sort_keys=True)}
+    state = resume.load(rdir, fingerprint)
+    history: list[dict[str, float]] = []
+    start_epoch, start_step, perm, elapsed, epoch_time = 0, 0, None, 0.0, 0.0
+    acc = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, images, correct
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        scheduler.load_state_dict(state["sched"])
+        start_epoch, start_step, perm, acc = state["epoch"], state["step"], state["perm"], state["acc"].to(dev)
+        history, elapsed, epoch_time = state["history"], state["elapsed"], state["epoch_time"]
+        resume.restore_rng(state["rng"], gen)
+        log.info("resuming %s from epoch %d step %d (%s)", out_dir, start_epoch + 1, start_step, rdir)
+
+    def save_state(epoch: int, step: int) -> None:
+        resume.save(rdir, {"model": model.state_dict(), "opt": opt.state_dict(),
+                           "sched": resume.scheduler_state(scheduler), "epoch": epoch, "step": step,
+                           "perm": perm, "acc": acc.cpu(), "history": history, "elapsed": elapsed,
+                           "epoch_time": epoch_time, "rng": resume.capture_rng(gen)}, fingerprint)
+
+    log.info("transfer %s -> %s, mode %d (%s), %d train / %d test images, %d epochs, %s, %s, bn_policy %s",
+             key, target, mode, MODES[mode], train.n, test.n, epochs, dev, "bf16" if amp else "fp32",
+             sched["bn_policy"])
+    train_cache = test_cache = None
+    if cached:  # rebuilt on resume too: the frozen trunk gives the same outputs
+        t0 = time.time()
+        train_cache = build_cache(model, train, dev, amp, cl, "cache train")
+        test_cache = build_cache(model, test, dev, amp, cl, "cache test")
+        nbytes = train_cache.nbytes + test_cache.nbytes
+        if dev.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(dev)[0]:
+            train_cache, test_cache = train_cache.to(dev), test_cache.to(dev)  # no host->device copy per step
+        build_s = time.time() - t0
+        elapsed += build_s
+        log.info("mode-0 cache: %d bytes (%.1f MB) on %s, built in %.2f s", nbytes, nbytes / 2**20,
+                 train_cache.y.device, build_s)
+
+    def check_finite(epoch: int, step: int) -> None:
+        if not math.isfinite(float(acc[0])):
+            resume.clear(rdir)  # resuming would only diverge again
+            raise TransferError(f"transfer {key} -> {target} mode {mode} diverged: non-finite loss in epoch "
+                                f"{epoch + 1} by step {step + 1}; lower the finetune schedule's lr. No outputs were "
+                                "written.")
+
+    def forward(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if train_cache is not None:
+            pre, ident, y = train_cache.batch(idx, dev, cl)
+            return tail_forward(model, pre, ident), y
+        x, y = train.batch(idx, dev, cl, sched["augment"], gen)
+        return model(x), y
+
+    with resume.GracefulExit() as stop:
+        for epoch in range(start_epoch, epochs):
+            t0 = time.time()
+            if start_step == 0:
+                perm = torch.randperm(train.n, generator=gen)
+                acc, epoch_time = torch.zeros(3, dtype=torch.float64, device=dev), 0.0
+            batches = list(perm.split(bs))
+            lr = opt.param_groups[0]["lr"]
+            set_train_mode(model, mode, sched["bn_policy"])
+            bar = tqdm(total=len(batches), initial=start_step, desc=f"{target} mode {mode} epoch {epoch + 1}/{epochs}",
+                       leave=False, mininterval=2.0)
+            for step in range(start_step, len(batches)):
+                with autocast(dev, amp):
+                    logits, y = forward(batches[step])
+                loss = F.cross_entropy(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                # Summed on the device; checked (one sync) every CHECK_EVERY steps, not every step.
+                acc += torch.stack([loss.detach().double() * len(y), torch.tensor(len(y), device=dev).double(),
+                                    (logits.detach().argmax(1) == y).sum().double()])
+                bar.update(1)
+                if step % CHECK_EVERY == 0 or step + 1 == len(batches) or stop.requested:
+                    check_finite(epoch, step)
+                if stop.requested:  # SIGTERM/SIGUSR1: save mid-epoch and exit for a retry
+                    epoch_time += time.time() - t0
+                    elapsed += time.time() - t0
+                    save_state(epoch, step + 1)
+                    raise resume.Interrupted(f"{stop.requested}: stopped at epoch {epoch + 1} step {step + 1}; "
+                                             f"state saved in {rdir}, rerun the job to resume")
+            bar.close()
+            start_step = 0
+            scheduler.step()
+            if test_cache is not None:
+                top1 = cache_accuracy(model, test_cache, dev, amp, cl)
+            else:
+                top1 = split_accuracy(model, test, dev, amp, cl)
+            epoch_time += time.time() - t0
+            elapsed += time.time() - t0
+            history.append({"epoch": epoch + 1, "lr": lr, "train_loss": float(acc[0] / acc[1]),
+                            "train_acc": 100.0 * float(acc[2] / acc[1]), "test_top1": top1, "time_s": epoch_time})
+            log.info("epoch %d/%d " + " ".join(f"{k} %.4g" for k in HISTORY_COLUMNS[1:]), epoch + 1, epochs,
+                     *[history[-1][k] for k in HISTORY_COLUMNS[1:]])
+            last = epoch + 1 == epochs
+            hook = _stop_after_epoch is not None and epoch + 1 >= _stop_after_epoch
+            save_state(epoch + 1, 0)
+            if hook and not last:
+                raise resume.Interrupted(f"test hook: stopped after epoch {epoch + 1}; state saved in {rdir}")
+
+    ev_cfg = sched["evaluation"]
+    m = test.n if ev_cfg["max_images"] is None else min(ev_cfg["max_images"], test.n)
+    x_adv, y_adv = test.head(m)
+    ev = evaluate(model, x_adv, y_adv, ev_cfg["eps"], ev_cfg["steps"], ev_cfg["restarts"], EVAL_BATCH, dev,
+                  None, "l2")
+    top1 = split_accuracy(model, test, dev, amp, cl)
+    metrics = {"top1": top1, "pgd_acc": ev["pgd_acc"], "mode": mode, "target": target, "source_model": key,
+               "eps": eps, "seed": seed, "epochs": epochs, "cached": cached, "train_time_s": elapsed}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out_dir / "history.csv", pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(index=False))
+    _write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1))
+    if save_model_to is not None:
+        save_model(save_model_to, model, {**meta, "num_classes": prep.num_classes,
+                                          "transfer": {"source_model": key, "target": target, "mode": mode}})
+    resume.clear(rdir)
+    log.info("done %s -> %s mode %d: top1 %.2f%%, pgd %s, %.1f s%s", key, target, mode, top1, ev["pgd_acc"],
+             elapsed, " (cached)" if cached else "")
+    return metrics
