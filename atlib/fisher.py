@@ -1,0 +1,388 @@
+"""Information in the weights (Prop. A.1, Eq. 12) and in the activations (Prop. 3.2).
+
+Weights: the diagonal Fisher F = E[g * g] from exact per-sample gradients g of log p_w(y|x)
+(torch.func: vmap over grad of functional_call), the optimal posterior covariance
+Sigma* = beta/2 (F + beta/(2 lambda^2))^-1 of the information Lagrangian (Eq. 6), its
+log-variance (the paper's Figure 4 "flatness") and KL(Q* || P), the Information in the Weights.
+
+Activations: for z = model.features(x) with Jacobian J = dz/dx, the sensitivity S = J^T J.
+AT penalizes its top eigenvalue lambda1 (Eq. 5), Gaussian-noise regularization only tr(S)/n,
+and tr(S)/n <= lambda1. Both come from Jacobian-vector products, never an explicit Jacobian.
+
+The Fisher is the *mean* over samples (the paper's L_D is an empirical expectation), so
+Sigma* for a given beta is that of one sample's worth of evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+from tqdm import tqdm
+
+log = logging.getLogger("atlib")
+
+KINDS = ("true", "empirical")
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagonal Fisher of the weights
+# ---------------------------------------------------------------------------------------------
+
+class _EvalMode:
+    """Run a block with the model in eval mode (BN uses running stats), then restore its mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self) -> nn.Module:
+        return self.model.eval()
+
+    def __exit__(self, *exc) -> None:
+        self.model.train(self.was_training)
+
+
+@torch.no_grad()
+def sample_labels(model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None,
+                  chunk: int = 256) -> torch.Tensor:
+    """Labels y ~ p_w(y|x), one per image: what the *true* Fisher averages over.
+
+    Sampled on the CPU with `generator`, so the labels do not depend on the device or chunk.
+    """
+    with _EvalMode(model):
+        probs = torch.cat([F.softmax(model(x[i:i + chunk]).float(), dim=1).cpu()
+                           for i in range(0, len(x), chunk)])
+    if not torch.isfinite(probs).all():
+        raise ValueError("the model's predictions are not finite (NaN/inf weights?); cannot sample labels")
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(x.device)
+
+
+def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, kind: str = "true",
+                    chunk: int = 64, generator: torch.Generator | None = None,
+                    progress: bool = False) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher E_x[g * g], g = grad_w log p_w(y|x), from exact per-sample gradients.
+
+    Args:
+        model: a classifier; evaluated in eval mode (BatchNorm uses its running statistics,
+            so samples do not interact and per-sample gradients are well defined).
+        x: inputs (N, C, H, W) on the model's device.
+        y: labels (N,); required for kind "empirical", ignored for "true".
+        kind: "true" samples y from the model's predictive distribution (the Fisher of
+            Prop. A.1); "empirical" uses the given labels.
+        chunk: samples per vmap call; memory grows as chunk x number of parameters.
+        generator: CPU generator for the sampled labels.
+        progress: show a tqdm bar over chunks.
+
+    Returns:
+        {parameter name: tensor of the parameter's shape}, averaged over the N samples.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if kind == "empirical":
+        if y is None:
+            raise ValueError("kind='empirical' needs the labels y")
+        if len(y) != len(x):
+            raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+    else:
+        y = sample_labels(model, x, generator)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def log_lik(p: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return -F.cross_entropy(logits, yi.unsqueeze(0))  # log p(y|x), vmap-safe (no indexing)
+
+    per_sample = vmap(grad(log_lik), in_dims=(None, 0, 0))
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    with _EvalMode(model):
+        for i in tqdm(range(0, len(x), chunk), desc="fisher", disable=not progress, leave=False):
+            g = per_sample(params, x[i:i + chunk], y[i:i + chunk])
+            for k, gk in g.items():
+                total[k] += gk.pow(2).sum(0)
+    out = {k: v / len(x) for k, v in total.items()}
+    _check_finite(out, "diagonal Fisher")
+    return out
+
+
+def diagonal_fisher_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Reference implementation: one backward pass per sample (slow; for tests and benchmarks)."""
+    params = dict(model.named_parameters())
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    with _EvalMode(model):
+        for i in range(len(x)):
+            logp = F.log_softmax(model(x[i:i + 1]), dim=1)[0, y[i]]
+            gs = torch.autograd.grad(logp, list(params.values()), allow_unused=True)
+            for k, gk in zip(params, gs):
+                if gk is not None:
+                    total[k] += gk.pow(2)
+    return {k: v / len(x) for k, v in total.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimal posterior and Information in the Weights (Prop. A.1)
+# ---------------------------------------------------------------------------------------------
+
+def _check_hyper(beta: float, lam: float) -> None:
+    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+        raise ValueError(f"lambda (lam, the prior std) must be a finite number > 0, got {lam!r}")
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{what} is not finite (NaN/inf) for {bad[:5]}: the model's weights or outputs "
+                         "are not finite; check the checkpoint")
+
+
+def posterior(fisher: dict[str, torch.Tensor], beta: float, lam: float) -> dict[str, torch.Tensor]:
+    """Diagonal Sigma* = beta/2 * (F + beta/(2 lam^2))^-1, elementwise.
+
+    The prior term beta/(2 lam^2) > 0 IS the regularization of the inverse: a weight with zero
+    Fisher (one the loss does not see) gets the prior's variance lam^2, never a division by 0.
+    """
+    out = _posterior64(fisher, beta, lam)
+    return {k: v.to(fisher[k].dtype) for k, v in out.items()}
+
+
+def _posterior64(fisher: dict[str, torch.Tensor], beta: float, lam: float) -> dict[str, torch.Tensor]:
+    _check_hyper(beta, lam)
+    _check_finite(fisher, "the Fisher")
+    reg = beta / (2 * lam**2)
+    out = {k: (beta / 2) / (f.double().clamp_min(0) + reg) for k, f in fisher.items()}
+    _check_finite(out, "Sigma*")
+    return out
+
+
+def information_in_weights(fisher: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], beta: float,
+                           lam: float) -> dict[str, Any]:
+    """KL(Q* || P) of Eq. 12 with H ~ F (diagonal, so log|.| is a sum of logs), per layer and total.
+
+    KL = 1/2 sum log(F + c) + k/2 log(2 lam^2/beta) - k/2 + (||w||^2 + tr Sigma*) / (2 lam^2),
+    c = beta/(2 lam^2). This is the exact KL between N(w, Sigma*) and N(0, lam^2 I); the paper
+    prints "- k" for the constant, which would make the KL of a zero Fisher (Sigma* = lam^2 I)
+    ||w||^2/(2 lam^2) - k/2 < 0. The difference is a constant per architecture, so comparisons
+    across eps are unaffected. Computed in float64.
+
+    Returns:
+        {"total": float, "per_layer": {parameter name: float}} (per_layer sums to total).
+    """
+    _check_hyper(beta, lam)
+    missing = sorted(set(fisher) - set(weights))
+    if missing:
+        raise ValueError(f"no weights for Fisher entries {missing[:5]}")
+    sigma = _posterior64(fisher, beta, lam)
+    c = beta / (2 * lam**2)
+    per_layer = {}
+    for k, f in fisher.items():
+        f64, w64 = f.double().clamp_min(0), weights[k].detach().double().cpu()
+        n = f64.numel()
+        kl = (0.5 * torch.log(f64 + c).sum().item() + 0.5 * n * math.log(2 * lam**2 / beta) - 0.5 * n
+              + (w64.pow(2).sum().item() + sigma[k].sum().item()) / (2 * lam**2))
+        if not math.isfinite(kl):
+            raise ValueError(f"KL of {k} is not finite; check the Fisher and weights")
+        per_layer[k] = kl
+    return {"total": float(sum(per_layer.values())), "per_layer": per_layer}
+
+
+def log_variance(sigma: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Mean log-variance of the posterior: per parameter tensor and over all weights.
+
+    Flat directions (small Fisher) have large variance; the paper's Figure 4 shows the mean
+    growing with the training eps.
+    """
+    per_layer = {k: s.double().log().mean().item() for k, s in sigma.items()}
+    total = sum(s.double().log().sum().item() for s in sigma.values())
+    count = sum(s.numel() for s in sigma.values())
+    return {"mean": total / max(count, 1), "per_layer": per_layer}
+
+
+def weight_norm(model: nn.Module) -> float:
+    """||w||_2 over every parameter (the paper's Figure 5)."""
+    return float(torch.sqrt(sum(p.detach().double().pow(2).sum() for p in model.parameters())).item())
+
+
+# ---------------------------------------------------------------------------------------------
+# Input Fisher / sensitivity of the representation (Prop. 3.2)
+# ---------------------------------------------------------------------------------------------
+
+def _per_image_norm(v: torch.Tensor) -> torch.Tensor:
+    return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+
+
+def top_eigenvalue(model: nn.Module, x: torch.Tensor, iters: int = 20,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Top eigenvalue lambda1 of S = J^T J, J = d features / d x, for every image (power iteration).
+
+    Each iteration is one jvp (J v) and one vjp (J^T J v). In eval mode images do not
+    interact, so one batched call does every image's power iteration at once.
+
+    Returns:
+        (N,) tensor: ||J v||^2 at the final unit vector v (a Rayleigh quotient, <= lambda1).
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    with _EvalMode(model):
+        x = x.detach()
+        v = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+        v = v / _per_image_norm(v)
+        _, pullback = vjp(model.features, x)
+        for _ in range(iters):
+            _, jv = jvp(model.features, (x,), (v,))
+            sv = pullback(jv)[0]
+            v = sv / _per_image_norm(sv).clamp_min(1e-30)
+        _, jv = jvp(model.features, (x,), (v,))
+    lam = jv.flatten(1).pow(2).sum(1).detach()
+    if not torch.isfinite(lam).all():
+        raise ValueError("top eigenvalue of the input Fisher is not finite; check the model")
+    return lam
+
+
+def hutchinson_trace(model: nn.Module, x: torch.Tensor, samples: int = 16,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """tr(J^T J) = E_v ||J v||^2 with Rademacher probes v, for every image.
+
+    Returns:
+        (N,) tensor of per-image trace estimates (mean over `samples` probes).
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    total = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    with _EvalMode(model):
+        x = x.detach()
+        for _ in range(samples):
+            v = (torch.randint(0, 2, x.shape, generator=generator) * 2 - 1).to(x.device, x.dtype)
+            _, jv = jvp(model.features, (x,), (v,))
+            total += jv.detach().flatten(1).pow(2).sum(1).double()
+    tr = total / samples
+    if not torch.isfinite(tr).all():
+        raise ValueError("trace of the input Fisher is not finite; check the model")
+    return tr
+
+
+def input_fisher_summary(model: nn.Module, x: torch.Tensor, iters: int = 20, samples: int = 16,
+                         generator: torch.Generator | None = None, chunk: int = 64) -> dict[str, Any]:
+    """lambda1 and tr(S) of S = J^T J averaged over images, with tr/n (n = input dimension).
+
+    Args:
+        chunk: images per batched call (bounds memory of the jvp/vjp graphs).
+    """
+    lams, trs = [], []
+    for i in range(0, len(x), chunk):
+        lams.append(top_eigenvalue(model, x[i:i + chunk], iters, generator))
+        trs.append(hutchinson_trace(model, x[i:i + chunk], samples, generator))
+    n = int(x[0].numel())
+    lam1, trace = torch.cat(lams).double().mean().item(), torch.cat(trs).mean().item()
+    return {"lambda1": lam1, "trace": trace, "trace_over_n": trace / n, "n": n}
+
+
+# ---------------------------------------------------------------------------------------------
+# The fisher rule
+# ---------------------------------------------------------------------------------------------
+
+def sample_images(data_dir: str | Path, split: str, n: int, image_size: int, channels: int,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random subset of n images of a prepared split, adapted to a model's input."""
+    from .data import Prepared, adapt
+    from .data.store import collate_pairs
+
+    data = Prepared(data_dir)
+    total = data.split_size(split)
+    if n > total:
+        log.warning("%s %s split has %d images; using all of them instead of %d", data.name, split, total, n)
+        n = total
+    idx = torch.randperm(total, generator=generator)[:n].sort().values
+    if data.meta["format"] == "arrays":  # index the uint8 array: never convert the whole split
+        images, labels = data.arrays(split)
+        x = torch.from_numpy(images[idx.numpy()]).permute(0, 3, 1, 2).float().div_(255)
+        return adapt(x, image_size, channels), torch.from_numpy(labels[idx.numpy()]).long()
+    ds = data.dataset(split, image_size, channels)
+    x, y = collate_pairs([ds[i] for i in idx.tolist()])
+    return x, torch.as_tensor(y, dtype=torch.int64)
+
+
+def model_eps(meta: dict, eps: float | None) -> float:
+    """The training eps: given explicitly (the rule's wildcard) or from the checkpoint's meta."""
+    if eps is None:
+        eps = meta.get("eps")
+    if eps is None:
+        raise ValueError("the model's training eps is unknown: pass eps= (the checkpoint meta has none)")
+    return float(eps)
+
+
+def fisher_report(model_path: str | Path, data_dir: str | Path, cfg_fisher: dict, seed: int,
+                  out_dir: str | Path, eps: float | None = None, device: str = "auto") -> dict:
+    """Weight and input Fisher of one model -> out_dir/fisher.pt and out_dir/summary.json.
+
+    Args:
+        model_path: a model.pt written by `checkpoint.save_model`.
+        data_dir: the source dataset's prepared directory (results/data/{source}).
+        cfg_fisher: config["fisher"] (n_images, chunk, kind, beta, lambda, input_images,
+            power_iters, hutchinson_samples).
+        seed: seeds the image subsets, sampled labels and random probes.
+        out_dir: where fisher.pt and summary.json go.
+        eps: the model's training eps (default: the checkpoint's meta).
+        device: "auto", "cpu" or "cuda".
+
+    Returns:
+        The summary dict (also written to summary.json).
+    """
+    from .checkpoint import atomic_save, load_model
+    from .runtime import pick_device
+
+    out_dir = Path(out_dir)
+    dev = pick_device(device)
+    model, meta = load_model(model_path)
+    model.to(dev)
+    eps = model_eps(meta, eps)
+    beta, lam, kind = cfg_fisher["beta"], cfg_fisher["lambda"], cfg_fisher["kind"]
+    _check_hyper(beta, lam)
+    gen = torch.Generator().manual_seed(seed)
+    size, ch = meta["image_size"], meta["in_channels"]
+    x, y = sample_images(data_dir, "train", cfg_fisher["n_images"], size, ch, gen)
+    log.info("fisher (%s) of %s over %d training images", kind, model_path, len(x))
+    fisher = diagonal_fisher(model, x.to(dev), y.to(dev), kind=kind, chunk=cfg_fisher["chunk"],
+                             generator=gen, progress=True)
+    fisher = {k: v.cpu() for k, v in fisher.items()}
+    sigma = posterior(fisher, beta, lam)
+    weights = {k: v.detach().cpu() for k, v in model.named_parameters()}
+    kl = information_in_weights(fisher, weights, beta, lam)
+    lv = log_variance(sigma)
+
+    xt, _ = sample_images(data_dir, "test", cfg_fisher["input_images"], size, ch, gen)
+    log.info("input Fisher over %d test images", len(xt))
+    inp = input_fisher_summary(model, xt.to(dev), cfg_fisher["power_iters"], cfg_fisher["hutchinson_samples"],
+                               gen, chunk=cfg_fisher["chunk"])
+    summary = {
+        "eps": eps, "kind": kind, "n_images": len(x),
+        "log_variance_mean": lv["mean"], "log_variance_per_layer": lv["per_layer"],
+        "kl_total": kl["total"], "kl_per_layer": kl["per_layer"],
+        "fisher_trace": float(sum(f.double().sum().item() for f in fisher.values())),
+        "weight_norm": weight_norm(model), "input_fisher": inp,
+    }
+    atomic_save({"fisher": fisher, "sigma": sigma, "beta": float(beta), "lambda": float(lam), "kind": kind,
+                 "n_images": len(x), "eps": eps, "model": str(model_path)}, out_dir / "fisher.pt")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("kl_total %.4g, log_variance_mean %.4g, lambda1 %.4g, trace/n %.4g", summary["kl_total"],
+             summary["log_variance_mean"], inp["lambda1"], inp["trace_over_n"])
+    return summary
+
+
+def load_fisher(path: str | Path) -> dict:
+    """Read a fisher.pt written by `fisher_report` (checked: has the Fisher and lambda)."""
+    from .checkpoint import CheckpointError, safe_load
+
+    obj = safe_load(path)
+    if "fisher" not in obj or "lambda" not in obj:
+        raise CheckpointError(f"{path}: not a fisher.pt written by the fisher rule (keys: {sorted(obj)[:5]})")
+    return obj

@@ -1,0 +1,203 @@
+"""Diagonal Fisher (vmap vs loop vs BackPACK), posterior/KL, input-Fisher eigenvalue and trace."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from atlib.fisher import (diagonal_fisher, diagonal_fisher_loop, fisher_report, hutchinson_trace,
+                          information_in_weights, input_fisher_summary, load_fisher, log_variance, posterior,
+                          sample_labels, top_eigenvalue)
+from atlib.models import build_model
+
+
+class TinyNet(nn.Module):
+    """Conv + BN + ReLU + pool: a model with `.features`, small enough for explicit Jacobians."""
+
+    def __init__(self, c: int = 1, k: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 9, k)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.bn(self.conv(x))), 3), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial running statistics, so eval-mode BN is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+def _rel_close(a: dict, b: dict, rel: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        err = (a[k] - b[k]).abs().max().item()
+        scale = b[k].abs().max().item()
+        assert err <= rel * scale + 1e-12, f"{k}: max err {err:.3g} vs scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TinyNet(1, 3),
+    lambda: build_model("resnet8", 5, 1, width=0.125),
+])
+@pytest.mark.parametrize("kind", ["true", "empirical"])
+def test_vmap_matches_loop(make, kind):
+    torch.manual_seed(0)
+    model = _randomize_bn(make())
+    x = torch.rand(10, 1, 8, 8)
+    y = torch.randint(0, 3, (10,))
+    fast = diagonal_fisher(model, x, y, kind=kind, chunk=4, generator=torch.Generator().manual_seed(1))
+    labels = y if kind == "empirical" else sample_labels(model, x, torch.Generator().manual_seed(1))
+    slow = diagonal_fisher_loop(model, x, labels)
+    _rel_close(fast, slow, 1e-5)
+    assert set(fast) == {k for k, _ in model.named_parameters()}
+    assert not model.training
+
+
+def test_chunk_size_does_not_change_result():
+    torch.manual_seed(0)
+    model = _randomize_bn(TinyNet())
+    x = torch.rand(9, 1, 8, 8)
+    a = diagonal_fisher(model, x, chunk=2, generator=torch.Generator().manual_seed(3))
+    b = diagonal_fisher(model, x, chunk=9, generator=torch.Generator().manual_seed(3))
+    _rel_close(a, b, 1e-5)
+
+
+def test_mode_restored_and_errors():
+    model = TinyNet().train()
+    x = torch.rand(3, 1, 8, 8)
+    diagonal_fisher(model, x, kind="true")
+    assert model.training
+    with pytest.raises(ValueError, match="needs the labels"):
+        diagonal_fisher(model, x, kind="empirical")
+    with pytest.raises(ValueError, match="kind"):
+        diagonal_fisher(model, x, kind="fake")
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_empirical_matches_backpack():
+    backpack = pytest.importorskip("backpack")
+    from backpack.extensions import BatchGrad
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+    x, y = torch.rand(7, 1, 8, 8), torch.randint(0, 4, (7,))
+    ours = diagonal_fisher(net, x, y, kind="empirical", chunk=3)
+    bp_net = backpack.extend(net)
+    lossf = backpack.extend(nn.CrossEntropyLoss(reduction="sum"))
+    with backpack.backpack(BatchGrad()):
+        lossf(bp_net(x), y).backward()
+    ref = {k: p.grad_batch.pow(2).sum(0) / len(x) for k, p in bp_net.named_parameters()}
+    _rel_close(ours, ref, 1e-5)
+
+
+def test_posterior_and_kl_with_zero_fisher():
+    fisher = {"a": torch.zeros(5), "b": torch.tensor([0.0, 1.0, 1e3])}
+    weights = {"a": torch.randn(5), "b": torch.randn(3)}
+    beta, lam = 1e-3, 0.5
+    sigma = posterior(fisher, beta, lam)
+    # Zero Fisher -> the prior's variance lam^2 (the beta/(2 lam^2) term regularizes the inverse).
+    assert torch.allclose(sigma["a"], torch.full((5,), lam**2))
+    assert all(torch.isfinite(s).all() for s in sigma.values())
+    kl = information_in_weights(fisher, weights, beta, lam)
+    assert math.isclose(kl["total"], sum(kl["per_layer"].values()))
+    # Q = N(w, lam^2 I) against P = N(0, lam^2 I): KL = ||w||^2 / (2 lam^2).
+    assert math.isclose(kl["per_layer"]["a"], weights["a"].pow(2).sum().item() / (2 * lam**2), rel_tol=1e-6)
+    lv = log_variance(sigma)
+    assert math.isclose(lv["per_layer"]["a"], math.log(lam**2), rel_tol=1e-6)
+    assert math.isfinite(lv["mean"])
+
+
+def test_kl_is_the_exact_gaussian_kl():
+    torch.manual_seed(0)
+    f = {"w": torch.rand(6, dtype=torch.float64) * 10}
+    w = {"w": torch.randn(6, dtype=torch.float64)}
+    beta, lam = 0.1, 2.0
+    s = posterior(f, beta, lam)["w"]
+    q = torch.distributions.Normal(w["w"].double(), s.sqrt())
+    p = torch.distributions.Normal(torch.zeros(6, dtype=torch.float64), lam)
+    ref = torch.distributions.kl_divergence(q, p).sum().item()
+    assert math.isclose(information_in_weights(f, w, beta, lam)["total"], ref, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("beta,lam,name", [(0, 1, "beta"), (-1, 1, "beta"), (1e-3, 0, "lambda"),
+                                           (1e-3, -2, "lambda")])
+def test_bad_hyperparameters_rejected(beta, lam, name):
+    with pytest.raises(ValueError, match=name):
+        posterior({"a": torch.ones(2)}, beta, lam)
+    with pytest.raises(ValueError, match=name):
+        information_in_weights({"a": torch.ones(2)}, {"a": torch.ones(2)}, beta, lam)
+
+
+def test_nan_fisher_rejected():
+    with pytest.raises(ValueError, match="not finite"):
+        posterior({"a": torch.tensor([1.0, float("nan")])}, 1e-3, 1.0)
+
+
+def _explicit_sensitivity(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    jac = torch.autograd.functional.jacobian(lambda v: model.features(v.unsqueeze(0))[0], x)
+    j = jac.reshape(jac.shape[0], -1).double()
+    return j.T @ j
+
+
+def test_power_iteration_and_trace_match_explicit_jacobian():
+    torch.manual_seed(0)
+    model = _randomize_bn(TinyNet())
+    x = torch.rand(3, 1, 6, 6)
+    lam = top_eigenvalue(model, x, iters=300, generator=torch.Generator().manual_seed(0))
+    for i in range(3):
+        s = _explicit_sensitivity(model, x[i])
+        eig = torch.linalg.eigvalsh(s)
+        assert abs(lam[i].item() - eig[-1].item()) <= 1e-3 * eig[-1].item()
+    # Hutchinson: many probes of one image (a batch of copies), loose tolerance.
+    s = _explicit_sensitivity(model, x[0])
+    copies = x[:1].expand(500, -1, -1, -1).contiguous()
+    tr = hutchinson_trace(model, copies, samples=4, generator=torch.Generator().manual_seed(0)).mean().item()
+    assert abs(tr - torch.trace(s).item()) <= 0.1 * torch.trace(s).item()
+
+
+def test_input_fisher_summary_keys_and_bound():
+    torch.manual_seed(0)
+    model = _randomize_bn(build_model("resnet8", 3, 1, width=0.125))
+    out = input_fisher_summary(model, torch.rand(4, 1, 8, 8), iters=20, samples=4,
+                               generator=torch.Generator().manual_seed(0), chunk=2)
+    assert set(out) == {"lambda1", "trace", "trace_over_n", "n"}
+    assert out["n"] == 64
+    assert 0 < out["trace_over_n"] <= out["lambda1"]
+
+
+def test_fisher_report_end_to_end(tiny_prepared, tmp_path):
+    from atlib.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", 3, 1, width=0.125)
+    meta = {"arch": "resnet8", "num_classes": 3, "in_channels": 1, "width": 0.125, "normalization": None,
+            "image_size": 8, "eps": 0.5}
+    save_model(tmp_path / "model.pt", model, meta)
+    cfg = {"n_images": 12, "chunk": 5, "kind": "true", "beta": 1e-3, "lambda": 1.0, "input_images": 4,
+           "power_iters": 3, "hutchinson_samples": 2}
+    out = tmp_path / "fisher"
+    summary = fisher_report(tmp_path / "model.pt", tiny_prepared, cfg, seed=0, out_dir=out, device="cpu")
+    disk = json.loads((out / "summary.json").read_text())
+    assert set(disk) == {"eps", "kind", "n_images", "log_variance_mean", "log_variance_per_layer", "kl_total",
+                         "kl_per_layer", "fisher_trace", "weight_norm", "input_fisher"}
+    assert disk["eps"] == 0.5 and disk["n_images"] == 12 and disk == json.loads(json.dumps(summary))
+    saved = load_fisher(out / "fisher.pt")
+    assert set(saved["fisher"]) == set(saved["sigma"]) == {k for k, _ in model.named_parameters()}
+    # Bit-identical rerun.
+    again = fisher_report(tmp_path / "model.pt", tiny_prepared, cfg, seed=0, out_dir=tmp_path / "f2", device="cpu")
+    assert again == summary

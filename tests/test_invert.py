@@ -1,0 +1,119 @@
+"""Inversion: the loss goes down, methods agree where they must, bad inputs are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from atlib.invert import invert, invert_report, load_photos, speedup_vs_plain, steps_to_reach
+from atlib.models import build_model
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return build_model("resnet8", 3, 1, width=0.125).eval()
+
+
+def _sigma(model, value: float) -> dict:
+    return {k: torch.full_like(v, value) for k, v in model.named_parameters()}
+
+
+def test_plain_inversion_reduces_loss(model):
+    x = torch.rand(3, 1, 8, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x_hat, curves = invert(model, x, "plain", steps=30, lr=0.05, generator=torch.Generator().manual_seed(0),
+                           optimizer="adam")
+    assert curves["loss"][-1] < 0.5 * curves["loss"][0]
+    assert len(curves["loss"]) == len(curves["loss_noisy"]) == 31
+    assert curves["loss"] == curves["loss_noisy"]
+    assert x_hat.shape == x.shape and x_hat.min() >= 0 and x_hat.max() <= 1
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # never modified
+
+
+def test_sgd_inversion_reduces_loss(model):
+    x = torch.rand(2, 1, 8, 8)
+    _, curves = invert(model, x, "plain", steps=20, lr=0.5, generator=torch.Generator().manual_seed(0))
+    assert curves["loss"][-1] < curves["loss"][0]
+
+
+def test_variational_with_zero_sigma_equals_plain(model):
+    x = torch.rand(2, 1, 8, 8)
+    a, ca = invert(model, x, "plain", steps=10, lr=0.1, generator=torch.Generator().manual_seed(5))
+    for method in ("variational", "effective"):
+        b, cb = invert(model, x, method, steps=10, lr=0.1, sigma_star=_sigma(model, 0.0),
+                       generator=torch.Generator().manual_seed(5))
+        assert torch.equal(a, b)
+        assert ca["loss"] == pytest.approx(cb["loss"], rel=1e-6)
+        assert ca["loss"] == pytest.approx(cb["loss_noisy"], rel=1e-6)
+
+
+def test_noise_changes_objective_not_clean_loss_definition(model):
+    x = torch.rand(2, 1, 8, 8)
+    _, c = invert(model, x, "effective", steps=3, lr=0.1, sigma_star=_sigma(model, 1e-2),
+                  generator=torch.Generator().manual_seed(0))
+    _, p = invert(model, x, "plain", steps=3, lr=0.1, generator=torch.Generator().manual_seed(0))
+    assert c["loss"][0] == pytest.approx(p["loss"][0])  # same start, same clean model
+    assert c["loss_noisy"][0] != pytest.approx(c["loss"][0])
+
+
+def test_bad_inputs_rejected(model):
+    with pytest.raises(ValueError, match=r"expects \(1, 8, 8\)"):
+        invert(model, torch.rand(2, 3, 16, 16), "plain", steps=1, input_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match="sigma_star"):
+        invert(model, torch.rand(1, 1, 8, 8), "variational", steps=1)
+    with pytest.raises(ValueError, match="method"):
+        invert(model, torch.rand(1, 1, 8, 8), "magic", steps=1)
+    with pytest.raises(ValueError, match="lacks parameters"):
+        invert(model, torch.rand(1, 1, 8, 8), "effective", steps=1, sigma_star={"conv1.weight": torch.zeros(1)})
+
+
+def test_photos_are_model_sized():
+    gray = load_photos(["astronaut", "coffee", "chelsea"], 8, 1)
+    rgb = load_photos(["coffee"], 12, 3)
+    assert gray.shape == (3, 1, 8, 8) and rgb.shape == (1, 3, 12, 12)
+    assert 0 <= gray.min() and gray.max() <= 1
+    with pytest.raises(ValueError, match="unknown scikit-image photo"):
+        load_photos(["not_a_photo"], 8, 1)
+
+
+def test_speedup_and_steps_to_reach():
+    plain = [10, 8, 6, 5, 4, 4, 4]
+    fast = [10, 5, 3.9, 3]
+    out = speedup_vs_plain(plain, fast)
+    assert out["plain_steps"] == 4 and out["steps"] == 2 and out["ratio"] == 2.0
+    assert steps_to_reach(fast, 1.0) is None
+    assert speedup_vs_plain(plain, [10, 9, 9])["ratio"] is None
+
+
+def test_invert_report(tiny_prepared, tmp_path):
+    from atlib.checkpoint import atomic_save, save_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", 3, 1, width=0.125)
+    meta = {"arch": "resnet8", "num_classes": 3, "in_channels": 1, "width": 0.125, "normalization": None,
+            "image_size": 8, "eps": 1.0}
+    save_model(tmp_path / "model.pt", model, meta)
+    fisher = {k: torch.rand_like(v) for k, v in model.named_parameters()}
+    atomic_save({"fisher": fisher, "lambda": 1.0}, tmp_path / "fisher.pt")
+    cfg = {"n_images": 2, "photos": ["coffee"], "steps": 5, "lr": 0.05, "sigma": 0.1, "beta": 1e-6,
+           "optimizer": "sgd"}
+    runs = {}
+    for method in ("plain", "variational"):
+        out = tmp_path / method
+        summary = invert_report(tmp_path / "model.pt", tmp_path / "fisher.pt", tiny_prepared, cfg, method, 3, out,
+                                device="cpu")
+        disk = json.loads((out / "summary.json").read_text())
+        assert {"method", "final_loss", "steps", "steps_to_reach"} <= set(disk)
+        assert disk["method"] == method and disk["steps"] == 5 and disk["n_images"] == 3
+        curve = pd.read_csv(out / "curve.csv")
+        assert list(curve.columns) == ["step", "loss", "loss_noisy"] and len(curve) == 6
+        assert (out / "images.png").stat().st_size > 0
+        runs[method] = curve
+    # Same seed: every method starts from the same r_0 (comparable curves).
+    assert runs["plain"]["loss"][0] == runs["variational"]["loss"][0]
+    with pytest.raises(ValueError, match="fisher.pt"):
+        invert_report(tmp_path / "model.pt", None, tiny_prepared, cfg, "effective", 3, tmp_path / "e", device="cpu")
