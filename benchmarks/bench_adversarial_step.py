@@ -1,0 +1,145 @@
+"""One PGD-7 L2 adversarial training step of a CIFAR ResNet-18 (batch 128, 32x32x3) on this CPU.
+
+Compares (a) atlib's step with the schedule defaults (bf16 autocast + channels_last),
+(b) atlib's fp32 path, (c) the usual user loop: torchattacks.PGDL2 + a plain fp32 training
+step, and the compute floor: (steps + 1) forward+backward passes of the model alone with
+atlib's defaults. Writes benchmarks/results/adversarial_step.json.
+
+Usage: python benchmarks/bench_adversarial_step.py [--batch 128] [--reps 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from atlib.models import build_model  # noqa: E402
+from atlib.optim import make_optimizer  # noqa: E402
+from atlib.runtime import autocast  # noqa: E402
+from atlib.train import Objective, schedule_defaults, train_step  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def timed(fn, warmup: int, reps: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def ours(x: torch.Tensor, y: torch.Tensor, sched: dict, eps: float):
+    net = build_model("resnet18", 10, 3, 1.0, "cifar10")
+    cl = sched["channels_last"]
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    objective, opt = Objective(net, eps, sched).train(), make_optimizer(net.parameters(), sched)
+
+    def step():
+        train_step(objective, opt, x, y, CPU, sched["bf16"], 1.0 / len(y))
+        opt.step()
+
+    return step
+
+
+def torchattacks_loop(x: torch.Tensor, y: torch.Tensor, sched: dict, eps: float):
+    from atlib.compat import import_torchvision
+
+    import_torchvision()
+    import torchattacks
+
+    net = build_model("resnet18", 10, 3, 1.0, "cifar10")
+    opt = make_optimizer(net.parameters(), sched)
+    steps = sched["attack"]["steps"]
+    attack = torchattacks.PGDL2(net, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+
+    def step():
+        net.train()
+        x_adv = attack(x, y)  # torchattacks puts the model in eval mode for the attack
+        opt.zero_grad()
+        F.cross_entropy(net(x_adv), y).backward()
+        opt.step()
+
+    return step
+
+
+def floor(x: torch.Tensor, y: torch.Tensor, sched: dict, passes: int):
+    net = build_model("resnet18", 10, 3, 1.0, "cifar10").to(memory_format=torch.channels_last).train()
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        for _ in range(passes):
+            net.zero_grad(set_to_none=True)
+            with autocast(CPU, True):
+                loss = F.cross_entropy(net(x).float(), y)
+            loss.backward()
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=7)
+    ap.add_argument("--eps", type=float, default=0.5)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adversarial_step.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x, y = torch.rand(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
+    base = {"batch_size": args.batch, "attack": {"norm": "l2", "steps": args.steps, "step_size_factor": 2.5}}
+    sched = schedule_defaults(base)
+    fp32 = schedule_defaults({**base, "bf16": False, "channels_last": False})
+    cases = {
+        "ours_default": ours(x, y, sched, args.eps),
+        "ours_fp32": ours(x, y, fp32, args.eps),
+        "torchattacks_fp32": torchattacks_loop(x, y, fp32, args.eps),
+        "floor": floor(x, y, sched, args.steps + 1),
+    }
+    results = {}
+    for name, fn in cases.items():
+        times = timed(fn, args.warmup, args.reps)
+        med = statistics.median(times)
+        results[name] = {"s_per_step": med, "img_per_s": args.batch / med, "times_s": times}
+        print(f"{name:18s} {med:7.2f} s/step  {args.batch / med:7.1f} img/s", flush=True)
+    t = {k: v["s_per_step"] for k, v in results.items()}
+    report = {
+        "what": f"one PGD-{args.steps} L2 adversarial training step, CIFAR ResNet-18 width 1, 32x32x3, "
+                f"batch {args.batch}, eps {args.eps}",
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                    "torch": torch.__version__},
+        "reps": args.reps, "warmup": args.warmup,
+        "results": results,
+        "speedup_vs_torchattacks": t["torchattacks_fp32"] / t["ours_default"],
+        "fp32_vs_torchattacks": t["torchattacks_fp32"] / t["ours_fp32"],
+        "overhead_vs_floor": t["ours_default"] / t["floor"] - 1,
+        "floor": f"{args.steps + 1} forward+backward passes (parameter gradients included), bf16 + channels_last",
+        "goals": {"speedup_vs_torchattacks": ">= 3", "overhead_vs_floor": "<= 0.10"},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: report[k] for k in ("speedup_vs_torchattacks", "fp32_vs_torchattacks",
+                                             "overhead_vs_floor")}))
+
+
+if __name__ == "__main__":
+    main()

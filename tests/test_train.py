@@ -1,0 +1,108 @@
+"""Source training: outputs and their contracts, objectives, divergence, augmentation, schedules."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from atlib import train as train_mod
+from atlib.augment import augment_batch, is_random, random_crop, random_flip
+from atlib.checkpoint import load_model
+from atlib.config import ConfigError
+from atlib.train import HISTORY_COLUMNS, TrainingError, schedule_defaults, train_source, weight_norm
+
+METRIC_KEYS = {"natural_acc", "pgd_acc", "weight_norm", "epochs", "train_time_s", "eps", "source", "arch", "seed"}
+
+
+def tiny_schedule(**over) -> dict:
+    sched = {"epochs": 2, "batch_size": 16, "lr": 0.05, "lr_schedule": "cosine", "attack": {"steps": 2},
+             "evaluation": {"eps": [0.25, 0.5], "steps": 3, "max_images": 12}, "augment": {"crop_pad": 1, "flip": True}}
+    sched.update(over)
+    return sched
+
+
+@pytest.mark.parametrize("eps,objective,norm", [(0.0, "madry", "l2"), (0.5, "madry", "l2"), (0.5, "trades", "l2"),
+                                                (0.05, "madry", "linf")])
+def test_train_source_outputs(tiny_prepared: Path, tmp_path: Path, eps, objective, norm):
+    out = tmp_path / "model"
+    sched = tiny_schedule(objective=objective, attack={"steps": 2, "norm": norm})
+    metrics = train_source(tiny_prepared, out, arch="resnet8", width=0.0625, eps=eps, seed=3, schedule=sched,
+                           threads=1)
+    assert set(metrics) == METRIC_KEYS
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert set(metrics["pgd_acc"]) == {"0.25", "0.5"}
+    assert metrics["epochs"] == 2 and metrics["eps"] == eps and metrics["source"] == "tiny" and metrics["seed"] == 3
+    hist = pd.read_csv(out / "history.csv")
+    assert list(hist.columns) == HISTORY_COLUMNS and list(hist["epoch"]) == [1, 2]
+    assert hist["lr"].iloc[0] == pytest.approx(0.05) and hist["lr"].iloc[1] < 0.05  # cosine, per epoch
+    assert hist[["train_loss", "train_acc", "test_acc", "weight_norm"]].notna().all().all()
+    assert hist["test_adv_acc"].isna().all() == (eps == 0) and hist["train_adv_acc"].isna().all() == (eps == 0)
+    model, meta = load_model(out / "model.pt", expect_arch="resnet8")
+    assert meta["eps"] == eps and meta["source"] == "tiny" and meta["in_channels"] == 1 and meta["image_size"] == 8
+    assert meta["normalization"] is None and meta["num_classes"] == 3
+    assert metrics["weight_norm"] == pytest.approx(weight_norm(model))
+    assert not (out / "resume").exists()
+
+
+def test_training_learns(tiny_prepared: Path, tmp_path: Path):
+    sched = tiny_schedule(epochs=6, augment={}, lr=0.1, bf16=False)
+    m = train_source(tiny_prepared, tmp_path / "m", arch="resnet8", width=0.125, eps=0.0, schedule=sched, threads=1)
+    assert m["natural_acc"] > 60  # 3 classes, a visible band: chance is 33%
+
+
+def test_nan_loss_stops_naming_epoch_and_step(tiny_prepared: Path, tmp_path: Path, monkeypatch):
+    forward = train_mod.Objective.forward
+    calls = {"n": 0}
+
+    def poisoned(self, x, y):
+        losses, logits, nat = forward(self, x, y)
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2 (4 steps per epoch), step 2
+            losses = losses * float("nan")
+        return losses, logits, nat
+
+    monkeypatch.setattr(train_mod.Objective, "forward", poisoned)
+    out = tmp_path / "model"
+    with pytest.raises(TrainingError, match=r"epoch 2, step 2/4"):
+        train_source(tiny_prepared, out, arch="resnet8", width=0.0625, eps=0.0, schedule=tiny_schedule(), threads=1)
+    assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()
+    assert not (out / "resume").exists()
+
+
+def test_schedule_defaults_fill_and_refuse():
+    s = schedule_defaults({"epochs": 3})
+    assert s["epochs"] == 3 and s["attack"]["steps"] == 7 and s["evaluation"]["restarts"] == 1
+    assert s["objective"] == "madry" and s["augment"] == {"crop_pad": 0, "flip": False}
+    with pytest.raises(ConfigError, match="attack"):
+        schedule_defaults({"attack": {"norm": "l3"}})
+
+
+def test_random_crop_and_flip():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    c = random_crop(x, 2, g)
+    assert c.shape == x.shape
+    # Every crop is a window of the zero-padded image: its nonzero values are a shifted block.
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        assert any(torch.equal(c[i, 0], padded[i, 0, a:a + 4, b:b + 4]) for a in range(5) for b in range(5))
+    f = random_flip(x, torch.Generator().manual_seed(0))
+    for i in range(2):
+        assert torch.equal(f[i], x[i]) or torch.equal(f[i], x[i].flip(-1))
+    # Same generator state, same augmentation; a shard draws the global batch's numbers.
+    spec = {"crop_pad": 1, "flip": True}
+    full = augment_batch(x, spec, torch.Generator().manual_seed(5))
+    part = augment_batch(x[1:], spec, torch.Generator().manual_seed(5), span=(1, 2))
+    assert torch.equal(full[1:], part)
+    assert torch.equal(augment_batch(x, {}, None), x) and is_random(spec) and not is_random({"crop_pad": 0})
+
+
+def test_augment_channels_last():
+    x = torch.rand(3, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    y = augment_batch(x, {"crop_pad": 2, "flip": True}, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and math.isfinite(float(y.sum()))

@@ -1,0 +1,30 @@
+"""Rule train_source: train one source model, or import the configured published checkpoint."""
+
+from pathlib import Path
+
+from atlib.checkpoint import CheckpointError
+from atlib.config import ConfigError
+from atlib.logs import job_logging
+from atlib.pretrained import import_source
+from atlib.resume import Interrupted
+from atlib.train import TrainingError, train_source
+
+
+def main(sm) -> None:
+    wc, p = sm.wildcards, sm.params
+    with job_logging(sm.log[0]) as log:
+        common = dict(arch=wc.arch, eps=float(wc.eps), seed=int(wc.seed), rng_seed=p.rng_seed,
+                      schedule=p.schedule, device=p.device, threads=sm.threads, log=log)
+        data, out = Path(sm.input.data).parent, Path(sm.output.model).parent
+        try:
+            if p.pretrained:
+                import_source(p.pretrained, data, out, **common)
+            else:
+                train_source(data, out, width=p.width, world_size=p.schedule.get("world_size", 1), **common)
+        except (TrainingError, CheckpointError, ConfigError, Interrupted, FileNotFoundError) as err:
+            raise SystemExit(str(err)) from None  # one clear line; Interrupted exits non-zero to be retried
+
+
+# DDP ranks are spawned processes that re-import this file: only the parent runs the job.
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 - injected by Snakemake
