@@ -101,6 +101,14 @@ def set_train_mode(model: ResNet, mode: int, bn_policy: str) -> None:
             m.eval()
 
 
+def trained_state(model: ResNet, mode: int) -> dict[str, torch.Tensor]:
+    """The state_dict entries of the trained modules: all a resume needs, since the frozen rest
+    is reloaded from the source model (mode 0 saves a few KB instead of the whole network)."""
+    trained = {id(m) for m in trained_modules(model, mode)}
+    prefixes = tuple(f"{name}." for name, m in model.named_modules() if id(m) in trained)
+    return {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
+
+
 def new_head(model: ResNet, num_classes: int) -> None:
     """Replace `model.fc` with a fresh linear head (initialized from torch's global RNG)."""
     model.fc = nn.Linear(model.feature_dim, num_classes)
@@ -305,6 +313,20 @@ def _load_inputs(model_path: str | Path, target_dir: str | Path, key: str, arch:
     return prep, model, meta
 
 
+def _cache_fits(model: ResNet, train: Split, n_test: int, sched: dict[str, Any], device: torch.device, what: str,
+                log: logging.Logger) -> bool:
+    """Whether the mode-0 cache fits in schedule.cache_max_mb ("always" fails when it does not)."""
+    probe = train.batch(torch.arange(1), torch.device("cpu"), False)[0]
+    need = cache_nbytes(model, probe, train.n + n_test, device, bool(sched["bf16"]), bool(sched["channels_last"]))
+    if need <= sched["cache_max_mb"] * 2**20:
+        return True
+    msg = f"mode-0 cache of {what} needs {need / 2**20:.0f} MB, over cache_max_mb={sched['cache_max_mb']}"
+    if sched["cache_features"] == "always":
+        raise TransferError(f"{msg}: raise cache_max_mb (and the job's memory) or set cache_features to 'auto'")
+    log.info("%s: training through the full model instead", msg)
+    return False
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
@@ -370,7 +392,8 @@ def transfer(
     prep, model, meta = _load_inputs(model_path, target_dir, key, arch or key_arch, mode)
     target = prep.name
     eps = key_eps if key_eps is not None else float(meta.get("eps", float("nan")))
-    amp, cl, bs, epochs = bool(sched["bf16"]), bool(sched["channels_last"]), int(sched["batch_size"]), int(sched["epochs"])
+    amp, cl = bool(sched["bf16"]), bool(sched["channels_last"])
+    bs, epochs = int(sched["batch_size"]), int(sched["epochs"])
     workers = 0 if prep.meta["format"] == "arrays" else max(1, threads)
     size, chans = int(meta["image_size"]), int(meta["in_channels"])
     train = Split(prep, "train", size, chans, sched["max_train"], workers)
@@ -385,18 +408,7 @@ def transfer(
     opt = make_optimizer(params, sched)
     scheduler = make_scheduler(opt, sched)
 
-    cached = use_cache(mode, sched)
-    if cached:
-        need = cache_nbytes(model, train.batch(torch.arange(1), torch.device("cpu"), False)[0],
-                            train.n + test.n, dev, amp, cl)
-        if need > sched["cache_max_mb"] * 2**20:
-            msg = (f"mode-0 cache of {key} on {target} needs {need / 2**20:.0f} MB, over "
-                   f"cache_max_mb={sched['cache_max_mb']}")
-            if sched["cache_features"] == "always":
-                raise TransferError(f"{msg}: raise cache_max_mb (and the job's memory) or set cache_features "
-                                    "to 'auto'")
-            log.info("%s: training the full model instead", msg)
-            cached = False
+    cached = use_cache(mode, sched) and _cache_fits(model, train, test.n, sched, dev, f"{key} on {target}", log)
 
     rdir = out_dir / "resume"
     fingerprint = {"model": key, "model_sha256": sha256(Path(model_path)), "target": target, "mode": mode,
@@ -408,7 +420,9 @@ def transfer(
     start_epoch, start_step, perm, elapsed, epoch_time = 0, 0, None, 0.0, 0.0
     acc = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, images, correct
     if state is not None:
-        model.load_state_dict(state["model"])
+        loaded = model.load_state_dict(state["model"], strict=False)  # the frozen rest: the source model's
+        if loaded.unexpected_keys or set(state["model"]) != set(trained_state(model, mode)):
+            raise CheckpointError(f"{rdir}: resume state does not match mode {mode}; delete it to start over")
         opt.load_state_dict(state["opt"])
         scheduler.load_state_dict(state["sched"])
         start_epoch, start_step, perm, acc = state["epoch"], state["step"], state["perm"], state["acc"].to(dev)
@@ -417,7 +431,7 @@ def transfer(
         log.info("resuming %s from epoch %d step %d (%s)", out_dir, start_epoch + 1, start_step, rdir)
 
     def save_state(epoch: int, step: int) -> None:
-        resume.save(rdir, {"model": model.state_dict(), "opt": opt.state_dict(),
+        resume.save(rdir, {"model": trained_state(model, mode), "opt": opt.state_dict(),
                            "sched": resume.scheduler_state(scheduler), "epoch": epoch, "step": step,
                            "perm": perm, "acc": acc.cpu(), "history": history, "elapsed": elapsed,
                            "epoch_time": epoch_time, "rng": resume.capture_rng(gen)}, fingerprint)
@@ -426,7 +440,7 @@ def transfer(
              key, target, mode, MODES[mode], train.n, test.n, epochs, dev, "bf16" if amp else "fp32",
              sched["bn_policy"])
     train_cache = test_cache = None
-    if cached:  # rebuilt on resume too: the frozen trunk gives the same outputs
+    if cached and start_epoch < epochs:  # rebuilt on resume too: the frozen trunk gives the same outputs
         t0 = time.time()
         train_cache = build_cache(model, train, dev, amp, cl, "cache train")
         test_cache = build_cache(model, test, dev, amp, cl, "cache test")

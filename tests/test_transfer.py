@@ -243,3 +243,12 @@ def test_resume_gives_identical_weights(tmp_path, setup, monkeypatch, mode, cach
     assert pd.read_csv(out / "history.csv").drop(columns="time_s").equals(
         pd.read_csv(tmp_path / "ref" / "history.csv").drop(columns="time_s"))
     assert not (out / "resume").exists()
+
+
+def test_cache_too_large_falls_back_or_fails(tmp_path, setup, monkeypatch):
+    src, tgt = setup
+    monkeypatch.setattr("atlib.transfer.cache_nbytes", lambda *a, **k: 2**40)
+    m = transfer(src, tgt, tmp_path / "auto", mode=0, schedule=schedule(epochs=1, cache_max_mb=100))
+    assert m["cached"] is False
+    with pytest.raises(TransferError, match="cache_max_mb"):
+        transfer(src, tgt, tmp_path / "always", mode=0, schedule=schedule(epochs=1, cache_features="always"))
