@@ -55,17 +55,31 @@ def _rel_close(a: dict, b: dict, rel: float) -> None:
     lambda: build_model("resnet8", 5, 1, width=0.125),
 ])
 @pytest.mark.parametrize("kind", ["true", "empirical"])
-def test_vmap_matches_loop(make, kind):
+@pytest.mark.parametrize("method", ["vmap", "hooks"])
+def test_per_sample_fisher_matches_loop(make, kind, method):
     torch.manual_seed(0)
     model = _randomize_bn(make())
     x = torch.rand(10, 1, 8, 8)
     y = torch.randint(0, 3, (10,))
-    fast = diagonal_fisher(model, x, y, kind=kind, chunk=4, generator=torch.Generator().manual_seed(1))
+    fast = diagonal_fisher(model, x, y, kind=kind, chunk=4, generator=torch.Generator().manual_seed(1),
+                           method=method)
     labels = y if kind == "empirical" else sample_labels(model, x, torch.Generator().manual_seed(1))
     slow = diagonal_fisher_loop(model, x, labels)
     _rel_close(fast, slow, 1e-5)
     assert set(fast) == {k for k, _ in model.named_parameters()}
     assert not model.training
+
+
+def test_auto_uses_hooks_only_for_known_layers():
+    from atlib.fisher import hooks_supported
+
+    assert hooks_supported(TinyNet()) and hooks_supported(build_model("resnet8", 3, 1, width=0.125))
+    odd = nn.Sequential(nn.Conv2d(1, 2, 3), nn.GroupNorm(1, 2), nn.Flatten(), nn.Linear(2 * 36, 3))
+    assert not hooks_supported(odd)
+    x, y = torch.rand(5, 1, 8, 8), torch.randint(0, 3, (5,))
+    _rel_close(diagonal_fisher(odd, x, y, kind="empirical"), diagonal_fisher_loop(odd, x, y), 1e-5)
+    with pytest.raises(ValueError, match="method"):
+        diagonal_fisher(odd, x, y, kind="empirical", method="fast")
 
 
 def test_chunk_size_does_not_change_result():
@@ -96,13 +110,14 @@ def test_empirical_matches_backpack():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
     x, y = torch.rand(7, 1, 8, 8), torch.randint(0, 4, (7,))
-    ours = diagonal_fisher(net, x, y, kind="empirical", chunk=3)
+    ours = {m: diagonal_fisher(net, x, y, kind="empirical", chunk=3, method=m) for m in ("vmap", "hooks")}
     bp_net = backpack.extend(net)
     lossf = backpack.extend(nn.CrossEntropyLoss(reduction="sum"))
     with backpack.backpack(BatchGrad()):
         lossf(bp_net(x), y).backward()
     ref = {k: p.grad_batch.pow(2).sum(0) / len(x) for k, p in bp_net.named_parameters()}
-    _rel_close(ours, ref, 1e-5)
+    _rel_close(ours["vmap"], ref, 1e-5)
+    _rel_close(ours["hooks"], ref, 1e-5)
 
 
 def test_posterior_and_kl_with_zero_fisher():
