@@ -294,8 +294,14 @@ def _experiment_id(client, name: str, artifact_root: Path | None) -> str:
     return client.create_experiment(name, artifact_location=loc)
 
 
-def _is_local(uri: str) -> bool:
-    return not uri.startswith(("http://", "https://", "databricks"))
+def _artifact_root(uri: str, results_dir: str | Path | None = None) -> Path | None:
+    """Where a new experiment keeps artifacts: beside a sqlite store (MLflow's default, ./mlruns,
+    would be the current directory of whichever process created the experiment first)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None  # the server decides
+    return Path(results_dir) / "mlartifacts" if results_dir is not None else None
 
 
 def _runs_by_key(client, experiment_id: str) -> dict[str, list]:
@@ -357,8 +363,7 @@ def ingest(results_dir: str | Path, uri: str | None = None, experiment: str = "a
     _check_reachable(uri)
     jobs = find_jobs(results)
     client = MlflowClient(tracking_uri=uri)
-    # A local store's artifacts live beside the results (MLflow's default, ./mlruns, is the cwd).
-    exp_id = _experiment_id(client, experiment, results / "mlartifacts" if _is_local(uri) else None)
+    exp_id = _experiment_id(client, experiment, _artifact_root(uri, results))
     existing = _runs_by_key(client, exp_id)
     common = {"config_hash": config_hash(config) if config else "", "git_commit": git_commit or ""}
     common = {k: v for k, v in common.items() if v}
@@ -453,8 +458,7 @@ class LiveLogger:
 
         _check_reachable(self.uri, timeout=self.timeout)
         self.client = MlflowClient(tracking_uri=self.uri)
-        exp = self.client.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.experiment)
+        exp_id = _experiment_id(self.client, self.experiment, _artifact_root(self.uri))
         runs = self.client.search_runs([exp_id], f"tags.job_key = '{self.job_key}'", max_results=10)
         for r in runs:
             if "content_hash" in r.data.tags:  # an ingested run of results being recomputed now

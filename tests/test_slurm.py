@@ -122,7 +122,7 @@ def tiny_run(cluster, tmp_path_factory) -> Path:
     return work
 
 
-def test_tiny_dag_runs_through_slurm(tiny_run):
+def test_tiny_dag_runs_through_slurm(tiny_run, cluster):
     res = tiny_run / "results"
     for rel in ["data/digits/meta.json", "data/digits_inv/meta.json", "models/digits/resnet8/eps0.5/s0/metrics.json",
                 "transfer/digits/resnet8/eps0.5/s0/digits_inv/mode0/metrics.json"]:
@@ -131,14 +131,13 @@ def test_tiny_dag_runs_through_slurm(tiny_run):
     for rule, n in [("prepare_dataset", 2), ("train_source", 1), ("transfer", 1)]:
         logs = slurm_logs(tiny_run, rule)
         assert len(logs) == n and all(p.stem.isdigit() for p in logs), (rule, logs)
-    # SLURM allocated the (fake) GPU to the GPU rule, and none to data preparation
-    def tres(log: Path) -> str:
-        job = subprocess.run(["scontrol", "-o", "show", "job", log.stem], env=env, capture_output=True, text=True)
-        return re.search(r"AllocTRES=(\S*)|TRES=(\S*)", job.stdout).group(0)
+    # SLURM scheduled the GPU rule with a GPU (the node's fake one), data preparation without
+    def gres(log: Path) -> str:
+        job = subprocess.run(["scontrol", "-o", "show", "job", log.stem], env=cluster, capture_output=True, text=True)
+        return re.search(r"TresPerJob=(\S*)|$", job.stdout).group(0)
 
-    env = {**os.environ, "SLURM_CONF": str(Path(os.environ.get("ATLIB_SLURM_DIR", "/tmp/atlib-slurm")) / "etc/slurm.conf")}
-    assert "gres/gpu=1" in tres(slurm_logs(tiny_run, "train_source")[0])
-    assert "gpu" not in tres(slurm_logs(tiny_run, "prepare_dataset")[0])
+    assert gres(slurm_logs(tiny_run, "train_source")[0]) == "TresPerJob=gres:gpu:1"
+    assert "gpu" not in gres(slurm_logs(tiny_run, "prepare_dataset")[0])
 
 
 def test_failed_job_is_reported_and_retried(cluster, tmp_path):

@@ -41,7 +41,8 @@ def results(tmp_path: Path) -> Path:
             "eps": float(eps), "source": "src", "arch": "resnet8", "seed": 0}))
         (m / "model.pt").write_bytes(b"not an artifact")
     t = res / "transfer" / MODEL.format(eps="0.5") / "near" / "mode0"
-    _write(t / "history.csv", "epoch,lr,train_loss,train_acc,test_top1,time_s\n1,0.05,1.0,50,55,1\n2,0.01,0.8,60,61,2\n")
+    _write(t / "history.csv",
+           "epoch,lr,train_loss,train_acc,test_top1,time_s\n1,0.05,1.0,50,55,1\n2,0.01,0.8,60,61,2\n")
     _write(t / "metrics.json", json.dumps({
         "top1": 61.0, "pgd_acc": {"0.5": 30.0}, "mode": 0, "target": "near", "source_model": MODEL.format(eps="0.5"),
         "eps": 0.5, "seed": 0, "epochs": 2, "cached": False, "train_time_s": 2.0}))
@@ -86,7 +87,8 @@ def test_finds_every_kind_and_job_keys_match(results):
     # what a job's script computes from its own output equals what the ingest finds
     for key, out in [("models/src/resnet8/eps0/s0", "models/src/resnet8/eps0/s0/model.pt"),
                      ("distance/src/resnet8/eps0/s0/near", "distance/src/resnet8/eps0/s0/near.json"),
-                     ("invert/src/resnet8/eps0.5/s0/variational", "invert/src/resnet8/eps0.5/s0/variational/images.png")]:
+                     ("invert/src/resnet8/eps0.5/s0/variational",
+                      "invert/src/resnet8/eps0.5/s0/variational/images.png")]:
         assert job_key(results, results / out) == key
 
 
@@ -147,7 +149,8 @@ def test_live_logger_unreachable_server_never_raises():
     assert not live.enabled and len(caught) == 1 and "track" in str(caught[0].message)
 
 
-def test_live_run_is_replaced_by_ingest(results, config):
+def test_live_run_is_replaced_by_ingest(results, config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     uri = default_uri(results)
     key = "models/src/resnet8/eps0/s0"
     with LiveLogger(uri, "atlib", key, {"rule": "train_source"}) as live:
@@ -161,6 +164,8 @@ def test_live_run_is_replaced_by_ingest(results, config):
     assert sorted(r.data.tags["job_key"] for r in runs).count(key) == 1
     run = next(r for r in runs if r.data.tags["job_key"] == key)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+    # the experiment the live logger created keeps its artifacts beside the store, not in the cwd
+    assert list((results / "mlartifacts").rglob("metrics.json")) and not (tmp_path / "mlruns").exists()
 
 
 def test_ingest_unreachable_server_is_one_clear_error(results):
