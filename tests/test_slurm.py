@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -158,31 +159,35 @@ def test_killed_training_resumes_from_its_checkpoint(cluster, tiny_run):
     cfg = yaml.safe_load(TINY.read_text())
     cfg["experiments"] = {"resume": {"source": "digits", "arch": "resnet8", "width": 0.125, "eps": [0.5],
                                      "seeds": [1], "train": "long", "targets": []}}
-    cfg["train_schedules"]["long"] = {**cfg["train_schedules"]["tiny"], "epochs": 40}
+    epochs = 80  # ~20 s on one core: time to cancel it mid-run
+    cfg["train_schedules"]["long"] = {**cfg["train_schedules"]["tiny"], "epochs": epochs}
     config = tiny_run / "resume.yaml"
     config.write_text(yaml.safe_dump(cfg))
     model = tiny_run / "results/models/digits/resnet8/eps0.5/s1"
     log = tiny_run / "results/logs/train_source/digits/resnet8/eps0.5/s1.log"
-    proc = subprocess.Popen(snakemake_cmd(str(model.relative_to(tiny_run) / "metrics.json"), "-s",
-                                          str(ROOT / "Snakefile"), "-d", str(tiny_run), *CI_PROFILES,
-                                          "--configfile", str(config), limit=200),
-                            cwd=ROOT, env=cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = tiny_run / "resume.out"  # a file, not a pipe: nobody reads a pipe while we wait
+    with output.open("w") as sink:
+        proc = subprocess.Popen(snakemake_cmd(str(model.relative_to(tiny_run) / "metrics.json"), "-s",
+                                              str(ROOT / "Snakefile"), "-d", str(tiny_run), *CI_PROFILES,
+                                              "--configfile", str(config), limit=200),
+                                cwd=ROOT, env=cluster, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
-        while not (log.exists() and re.search(r"epoch [3-9]/40", log.read_text())):
+        while not (log.exists() and re.search(rf"epoch [3-9]/{epochs}", log.read_text())):
             assert proc.poll() is None and time.time() < deadline, "training did not start on SLURM"
             time.sleep(0.5)
         jobs = subprocess.run(["squeue", "-h", "-o", "%i|%k"], env=cluster, capture_output=True, text=True).stdout
         job_id = next(ln.split("|")[0] for ln in jobs.splitlines() if "rule_train_source" in ln)
         subprocess.run(["scancel", job_id], env=cluster, check=True)
-        out, _ = proc.communicate(timeout=200)
+        proc.wait(timeout=200)
     finally:
         if proc.poll() is None:
-            proc.send_signal(2)
+            proc.send_signal(signal.SIGINT)
             proc.wait(60)
+    out = output.read_text()
     assert proc.returncode == 0, out[-6000:]
     assert re.search(rf"SLURM-job '{job_id}' failed, SLURM status is: 'CANCELLED'", out)
     resumed = re.search(r"resuming .* from epoch (\d+)", log.read_text())
     assert resumed and int(resumed.group(1)) > 1, log.read_text()[-2000:]
-    assert len((model / "history.csv").read_text().strip().splitlines()) == 1 + 40
+    assert len((model / "history.csv").read_text().strip().splitlines()) == 1 + epochs
     assert not (model / "resume").exists()
