@@ -1,8 +1,7 @@
 """Information in the weights (Prop. A.1, Eq. 12) and in the activations (Prop. 3.2).
 
 Weights: the diagonal Fisher F = E[g * g] from exact per-sample gradients g of log p_w(y|x)
-(torch.func vmap over grad of functional_call, or per-layer hooks on one batched backward
-pass; see `diagonal_fisher`), the optimal posterior covariance
+(torch.func: vmap over grad of functional_call), the optimal posterior covariance
 Sigma* = beta/2 (F + beta/(2 lambda^2))^-1 of the information Lagrangian (Eq. 6), its
 log-variance (the paper's Figure 4 "flatness") and KL(Q* || P), the Information in the Weights.
 
@@ -65,23 +64,20 @@ def sample_labels(model: nn.Module, x: torch.Tensor, generator: torch.Generator 
     return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(x.device)
 
 
-METHODS = ("auto", "vmap", "hooks")
-_HOOK_MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+METHODS = ("vmap", "loop")
 
 
 def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, kind: str = "true",
                     chunk: int = 64, generator: torch.Generator | None = None, progress: bool = False,
-                    method: str = "auto") -> dict[str, torch.Tensor]:
+                    method: str = "vmap") -> dict[str, torch.Tensor]:
     """Diagonal Fisher E_x[g * g], g = grad_w log p_w(y|x), from exact per-sample gradients.
 
-    Two exact backends (they agree to float rounding; tests check both against a loop):
-    "vmap" is torch.func (vmap over grad of functional_call) and works for any model;
-    "hooks" does one batched backward pass and forms each layer's per-sample gradients
-    from its saved input and output gradient (Conv2d: unfold + bmm; Linear; eval BatchNorm2d),
-    as BackPACK does. On CPU, vmap's per-sample convolution gradients run as grouped
-    convolutions, about 10x slower than a plain loop for a width-1 ResNet-18
-    (benchmarks/bench_fisher.py), while hooks are faster than the loop. "auto" uses hooks
-    when every parameter belongs to such a layer, else vmap.
+    "vmap" batches per-sample gradients with torch.func (vmap over grad of functional_call);
+    "loop" runs one backward pass per sample. Both are exact. Measured on 2 CPU threads
+    (ms per image; benchmarks/bench_fisher.py): demo resnet8 width 0.25, 28x28: vmap 0.5,
+    loop 1.3; CIFAR ResNet-18: vmap 51, loop 27; CIFAR ResNet-50: vmap 98, loop 67. On CPU
+    vmap's per-sample convolution gradients run as grouped convolutions, which do not beat
+    oneDNN's single-image kernels for wide layers; on GPU, batching is what pays.
 
     Args:
         model: a classifier; evaluated in eval mode (BatchNorm uses its running statistics,
@@ -90,10 +86,10 @@ def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = 
         y: labels (N,); required for kind "empirical", ignored for "true".
         kind: "true" samples y from the model's predictive distribution (the Fisher of
             Prop. A.1); "empirical" uses the given labels.
-        chunk: samples per batched call; vmap memory grows as chunk x number of parameters.
+        chunk: samples per vmap call; memory grows as chunk x number of parameters.
         generator: CPU generator for the sampled labels.
         progress: show a tqdm bar over chunks.
-        method: "auto", "vmap" or "hooks".
+        method: "vmap" or "loop".
 
     Returns:
         {parameter name: tensor of the parameter's shape}, averaged over the N samples.
@@ -111,9 +107,7 @@ def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = 
             raise ValueError(f"{len(x)} inputs but {len(y)} labels")
     else:
         y = sample_labels(model, x, generator)
-    if method == "auto":
-        method = "hooks" if hooks_supported(model) else "vmap"
-    per_chunk = _hooks_chunk if method == "hooks" else _vmap_chunk(model)
+    per_chunk = _vmap_chunk(model) if method == "vmap" else _loop_chunk
     total = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
     with _EvalMode(model):
         for i in tqdm(range(0, len(x), chunk), desc=f"fisher ({method})", disable=not progress, leave=False):
@@ -141,88 +135,22 @@ def _vmap_chunk(model: nn.Module):
     return run
 
 
-def hooks_supported(model: nn.Module) -> bool:
-    """True if every parameter is the weight/bias of a Conv2d (groups 1, zero padding), a Linear
-    or an eval-able BatchNorm2d (with running statistics): the layers `hooks` knows."""
-    owned = set()
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str)):
-            continue
-        if isinstance(m, nn.BatchNorm2d) and m.running_mean is None:
-            continue
-        if isinstance(m, _HOOK_MODULES):
-            owned |= {f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)}
-    return all(k in owned for k, _ in model.named_parameters())
-
-
-def _hooks_chunk(model: nn.Module, xc: torch.Tensor, yc: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One batched backward of sum_i log p(y_i|x_i); per-sample grads rebuilt layer by layer.
-
-    In eval mode each sample's output gradient at a layer is that sample's own, so its
-    weight gradient is an outer product of the layer's input and output gradient.
-    """
-    mods = {n: m for n, m in model.named_modules() if isinstance(m, _HOOK_MODULES)}
-    saved: dict[str, list] = {}
-
-    def hook(name: str):
-        def fwd(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-            if name in saved:
-                raise RuntimeError(f"module {name} is called twice per forward; use method='vmap'")
-            a = inp[0].detach()
-            saved[name] = [a, a._version, None]
-            # A tensor hook fires with the gradient of `out` as produced here, even if a
-            # later in-place op (ReLU(inplace=True)) overwrites the tensor.
-            out.register_hook(lambda g: saved[name].__setitem__(2, g.detach()))
-        return fwd
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in mods.items()]
-    try:
-        with torch.enable_grad():
-            xg = xc.detach().requires_grad_(True)  # a leaf to differentiate to: fires every hook
-            logp = -F.cross_entropy(model(xg), yc, reduction="sum")
-            torch.autograd.grad(logp, xg)
-    finally:
-        for h in handles:
-            h.remove()
-    out: dict[str, torch.Tensor] = {}
-    for n, m in mods.items():
-        if n not in saved or saved[n][2] is None:
-            continue  # not on the path to the loss: zero gradient
-        a, version, d = saved[n]
-        if a._version != version:
-            raise RuntimeError(f"input of {n} was modified in place; use method='vmap'")
-        pre = f"{n}." if n else ""
-        if isinstance(m, nn.Conv2d):
-            u = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (B, C*k*k, P)
-            g = torch.bmm(d.flatten(2), u.transpose(1, 2))  # (B, O, C*k*k): per-sample weight grads
-            out[pre + "weight"] = g.pow(2).sum(0).view_as(m.weight)
-            if m.bias is not None:
-                out[pre + "bias"] = d.sum((2, 3)).pow(2).sum(0)
-        elif isinstance(m, nn.Linear):
-            d3, a3 = d.reshape(len(d), -1, d.shape[-1]), a.reshape(len(a), -1, a.shape[-1])
-            out[pre + "weight"] = torch.bmm(d3.transpose(1, 2), a3).pow(2).sum(0)
-            if m.bias is not None:
-                out[pre + "bias"] = d3.sum(1).pow(2).sum(0)
-        else:  # BatchNorm2d in eval mode: y = weight * x_hat + bias, per channel
-            x_hat = (a - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + m.eps)
-            if m.weight is not None:
-                out[pre + "weight"] = (d * x_hat).sum((2, 3)).pow(2).sum(0)
-                out[pre + "bias"] = d.sum((2, 3)).pow(2).sum(0)
-    return out
+def _loop_chunk(model: nn.Module, xc: torch.Tensor, yc: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-chunk sum of squared per-sample gradients, one backward pass per sample."""
+    params = dict(model.named_parameters())
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    with torch.enable_grad():
+        for i in range(len(xc)):
+            logp = -F.cross_entropy(model(xc[i:i + 1]), yc[i:i + 1])
+            for k, g in zip(params, torch.autograd.grad(logp, list(params.values()), allow_unused=True)):
+                if g is not None:
+                    total[k] += g.pow(2)
+    return total
 
 
 def diagonal_fisher_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Reference implementation: one backward pass per sample (slow; for tests and benchmarks)."""
-    params = dict(model.named_parameters())
-    total = {k: torch.zeros_like(v) for k, v in params.items()}
-    with _EvalMode(model):
-        for i in range(len(x)):
-            logp = F.log_softmax(model(x[i:i + 1]), dim=1)[0, y[i]]
-            gs = torch.autograd.grad(logp, list(params.values()), allow_unused=True)
-            for k, gk in zip(params, gs):
-                if gk is not None:
-                    total[k] += gk.pow(2)
-    return {k: v / len(x) for k, v in total.items()}
+    """The empirical diagonal Fisher for given labels, one backward pass per sample (the reference)."""
+    return diagonal_fisher(model, x, y, kind="empirical", chunk=max(len(x), 1), method="loop")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,7 +378,7 @@ def fisher_report(model_path: str | Path, data_dir: str | Path, cfg_fisher: dict
     x, y = sample_images(data_dir, "train", cfg_fisher["n_images"], size, ch, gen)
     log.info("fisher (%s) of %s over %d training images", kind, model_path, len(x))
     fisher = diagonal_fisher(model, x.to(dev), y.to(dev), kind=kind, chunk=cfg_fisher["chunk"],
-                             generator=gen, progress=True, method=cfg_fisher.get("method", "auto"))
+                             generator=gen, progress=True, method=cfg_fisher.get("method", "vmap"))
     fisher = {k: v.cpu() for k, v in fisher.items()}
     sigma = posterior(fisher, beta, lam)
     weights = {k: v.detach().cpu() for k, v in model.named_parameters()}
