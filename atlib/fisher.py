@@ -73,11 +73,13 @@ def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = 
     """Diagonal Fisher E_x[g * g], g = grad_w log p_w(y|x), from exact per-sample gradients.
 
     "vmap" batches per-sample gradients with torch.func (vmap over grad of functional_call);
-    "loop" runs one backward pass per sample. Both are exact. Measured on 2 CPU threads
-    (ms per image; benchmarks/bench_fisher.py): demo resnet8 width 0.25, 28x28: vmap 0.5,
-    loop 1.3; CIFAR ResNet-18: vmap 51, loop 27; CIFAR ResNet-50: vmap 98, loop 67. On CPU
+    "loop" runs one backward pass per sample. Both are exact. Measured on 2 CPU threads of a
+    quiet machine, ms per image: demo resnet8 width 0.25, 28x28: vmap 0.5, loop 1.3; CIFAR
+    ResNet-18: vmap 51, loop 27; CIFAR ResNet-50: vmap 98, loop 67 (benchmarks/bench_fisher.py
+    times the first two). On CPU
     vmap's per-sample convolution gradients run as grouped convolutions, which do not beat
-    oneDNN's single-image kernels for wide layers; on GPU, batching is what pays.
+    oneDNN's single-image kernels for wide layers. On GPU batching should pay (not measured
+    here: no GPU was available).
 
     Args:
         model: a classifier; evaluated in eval mode (BatchNorm uses its running statistics,
