@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ import re
 import subprocess
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -175,29 +176,52 @@ def _number(v: Any) -> float | None:
     return None
 
 
-def job_params(job: Job, config: dict | None) -> dict[str, str]:
-    """The job's wildcards plus the config values that define it (flattened, as strings)."""
+def config_index(config: dict | None) -> dict[str, dict]:
+    """Which experiment defines each model, and which one asked for each transfer (its finetune
+    schedule is the one used: the same rule as workflow/rules/transfer.smk)."""
+    models: dict[str, str] = {}
+    transfers: dict[tuple, str] = {}
+    if config and config.get("experiments"):
+        from .config import iter_models
+
+        for name, key in iter_models(config):
+            models.setdefault(key.path, name)
+            exp = config["experiments"][name]
+            for target in exp.get("targets") or []:
+                for mode in exp.get("modes") or []:
+                    transfers.setdefault((key.path, target, int(mode)), name)
+    return {"models": models, "transfers": transfers}
+
+
+def job_params(job: Job, config: dict | None, index: dict | None = None) -> dict[str, str]:
+    """The job's wildcards plus the config values that define it (flattened, as strings).
+
+    Args:
+        job: a finished job (`find_jobs`).
+        config: the workflow config; None = wildcards only.
+        index: `config_index(config)`, to compute it once for many jobs.
+    """
     params: dict[str, Any] = dict(job.wildcards)
     cfg = config or {}
+    index = index if index is not None else config_index(config)
+    experiments = cfg.get("experiments") or {}
     model = MODEL_PATH.format(**job.wildcards) if "seed" in job.wildcards else None
-    exp_name = None
-    if model and cfg.get("experiments"):
-        from .config import model_experiments
-
-        try:
-            exp_name = model_experiments(cfg).get(model)
-        except (KeyError, TypeError, ValueError):
-            exp_name = None
-    exp = (cfg.get("experiments") or {}).get(exp_name) if exp_name else None
+    exp_name = index["models"].get(model)
+    exp = experiments.get(exp_name) if exp_name else None
     if exp:
         params["experiment"] = exp_name
         params["width"] = exp.get("width")
         params["train_schedule"] = exp.get("train")
         params.update(flatten(cfg.get("train_schedules", {}).get(exp.get("train"), {}) or {}, "train", "."))
     rule = job.kind.rule
-    if rule == "transfer" and exp:
-        params["finetune_schedule"] = exp.get("finetune")
-        params.update(flatten(cfg.get("finetune_schedules", {}).get(exp.get("finetune"), {}) or {}, "finetune", "."))
+    if rule == "transfer":
+        ft_name = index["transfers"].get((model, job.wildcards["target"], int(job.wildcards["mode"])))
+        ft_exp = experiments.get(ft_name) if ft_name else None
+        if ft_exp:
+            params["finetune_experiment"] = ft_name
+            params["finetune_schedule"] = ft_exp.get("finetune")
+            params.update(flatten(cfg.get("finetune_schedules", {}).get(ft_exp.get("finetune"), {}) or {},
+                                  "finetune", "."))
     section = {"fisher": "fisher", "representation": "representation", "invert": "invert",
                "task_distance": "distance"}.get(rule)
     if section and isinstance(cfg.get(section), dict):
@@ -335,7 +359,8 @@ def _log_job(client, experiment_id: str, job: Job, params: dict[str, str], tags:
         client.log_batch(rid, tags=t[i:i + BATCH_TAGS])
     for f in job.files:
         client.log_artifact(rid, str(f))
-    client.set_terminated(rid, "FINISHED", end_time=ts)
+    with redirect_stdout(io.StringIO()):  # a server URI prints two "View run" lines per run
+        client.set_terminated(rid, "FINISHED", end_time=ts)
     return rid
 
 
@@ -351,15 +376,29 @@ def ingest(results_dir: str | Path, uri: str | None = None, experiment: str = "a
         git_commit: commit of the code that produced the results (tag), if known.
 
     Returns: {"uri", "experiment", "experiment_id", "jobs", "created", "updated", "skipped",
-        "seconds"}. Raises TrackingError for an unreachable server or unreadable result file.
+        "stale_kept" (job_keys of runs whose results are gone; kept), "seconds"}.
+    Raises TrackingError (one message) for an unreachable server, a failing store or an unreadable
+    result file. Replaced runs are soft-deleted: `mlflow gc --backend-store-uri <uri>` purges them.
+    An interrupted ingest is simply run again: finished runs are skipped.
     """
+    import requests
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    uri = uri or default_uri(results_dir)
+    try:
+        return _ingest(Path(results_dir), uri, experiment, config, git_commit)
+    except (MlflowException, SQLAlchemyError, OSError, requests.RequestException) as err:
+        raise TrackingError(f"MLflow store {uri} failed ({type(err).__name__}: {str(err)[:500]}). Fix it (or set "
+                            "tracking.uri) and rerun the `track` rule; result files are unaffected.") from None
+
+
+def _ingest(results: Path, uri: str, experiment: str, config: dict | None, git_commit: str | None) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from .config import config_hash
 
     t0 = time.time()
-    results = Path(results_dir)
-    uri = uri or default_uri(results)
     _check_reachable(uri)
     jobs = find_jobs(results)
     client = MlflowClient(tracking_uri=uri)
@@ -370,8 +409,9 @@ def ingest(results_dir: str | Path, uri: str | None = None, experiment: str = "a
     if git_commit:
         common["mlflow.source.git.commit"] = git_commit
     counts = {"created": 0, "updated": 0, "skipped": 0}
+    index = config_index(config)
     for job in jobs:
-        params = job_params(job, config)
+        params = job_params(job, config, index)
         digest = content_hash(job, params)
         old = existing.pop(job.key, [])
         if len(old) == 1 and old[0].data.tags.get("content_hash") == digest:

@@ -173,3 +173,9 @@ def test_ingest_unreachable_server_is_one_clear_error(results):
     with pytest.raises(TrackingError, match="not reachable.*tracking.uri"):
         ingest(results, "http://127.0.0.1:9", "atlib")
     assert time.time() - t0 < 10
+
+
+def test_ingest_into_a_broken_store_is_one_clear_error(results, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(TrackingError, match="MLflow store .* failed.*rerun the `track` rule"):
+        ingest(results, f"sqlite:///{tmp_path}/a_file/mlflow.db", "atlib")
