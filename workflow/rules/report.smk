@@ -6,6 +6,11 @@
 report: "../report/workflow.rst"
 
 
+# Reading a few hundred small files and plotting: not worth a cluster job.
+localrules:
+    aggregate,
+
+
 def report_category(wc) -> str:
     name = wc.name
     if name.startswith(("claims", "paper_comparison")):
