@@ -303,7 +303,7 @@ def _check_reachable(uri: str, timeout: float = 5.0) -> None:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
     except requests.RequestException as err:
         raise TrackingError(
-            f"MLflow server {uri} is not reachable ({type(err).__name__}). Start it (docs/cluster.md: "
+            f"MLflow server {uri} is not reachable ({type(err).__name__}). Start it (README, Running on a cluster: "
             "`mlflow server --backend-store-uri ...`), or set tracking.uri: null to use the local "
             "sqlite store, then rerun the `track` rule: result files are unaffected.") from None
 

@@ -29,6 +29,8 @@ rule fisher:
     threads: config["threads"]
     resources:
         mem_mb=analysis_mem,
+    conda:
+        "../../envs/atlib.yaml"
     script:
         "../scripts/fisher.py"
 
@@ -52,6 +54,8 @@ rule representation:
     threads: config["threads"]
     resources:
         mem_mb=4000,
+    conda:
+        "../../envs/atlib.yaml"
     script:
         "../scripts/representation.py"
 
@@ -77,5 +81,7 @@ rule invert:
     threads: config["threads"]
     resources:
         mem_mb=analysis_mem,
+    conda:
+        "../../envs/atlib.yaml"
     script:
         "../scripts/invert.py"

@@ -19,5 +19,7 @@ rule prepare_dataset:
         f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
     resources:
         mem_mb=4000,
+    conda:
+        "../../envs/atlib.yaml"
     script:
         "../scripts/prepare_dataset.py"

@@ -20,6 +20,8 @@ rule features:
     threads: config["threads"]
     resources:
         mem_mb=8000,
+    conda:
+        "../../envs/atlib.yaml"
     script:
         "../scripts/features.py"
 
@@ -40,5 +42,7 @@ rule task_distance:
     threads: config["threads"]
     resources:
         mem_mb=4000,
+    conda:
+        "../../envs/atlib.yaml"
     script:
         "../scripts/task_distance.py"

@@ -42,5 +42,7 @@ rule aggregate:
         f"{RESULTS}/logs/aggregate/aggregate.log",
     resources:
         mem_mb=4000,
+    conda:
+        "../../envs/atlib.yaml"
     script:
         "../scripts/aggregate.py"

@@ -24,5 +24,7 @@ rule track:
         f"{RESULTS}/logs/track/track.log",
     resources:
         mem_mb=2000,
+    conda:
+        "../../envs/atlib.yaml"
     script:
         "../scripts/track.py"

@@ -35,5 +35,7 @@ rule train_source:
     threads: config["threads"]
     resources:
         mem_mb=lambda wc: 16000 if wc.arch.startswith("resnet50") else 4000,
+    conda:
+        "../../envs/atlib.yaml"
     script:
         "../scripts/train_source.py"

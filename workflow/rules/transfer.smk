@@ -54,5 +54,7 @@ rule transfer:
     threads: config["threads"]
     resources:
         mem_mb=transfer_mem_mb,
+    conda:
+        "../../envs/atlib.yaml"
     script:
         "../scripts/transfer.py"
