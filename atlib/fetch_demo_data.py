@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .data.offline import IDX_FILES, SYSTEM_FASHION, find_idx_dir
-from .data.registry import AcquireContext, DatasetMissing
+from .data.registry import DatasetMissing
 
 
 def _present(staged: Path) -> Path | None:

@@ -11,7 +11,6 @@ Usage: python benchmarks/bench_adversarial_step.py [--batch 128] [--reps 3] [--t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ from atlib.models import build_model  # noqa: E402
 from atlib.optim import make_optimizer  # noqa: E402
 from atlib.runtime import autocast  # noqa: E402
 from atlib.train import Objective, schedule_defaults, train_step  # noqa: E402
+from record import write_record  # noqa: E402  (benchmarks/ is on sys.path when run)
 
 CPU = torch.device("cpu")
 
@@ -142,10 +142,8 @@ def main() -> None:
         "floor": f"{args.steps + 1} forward+backward passes (parameter gradients included), bf16 + channels_last",
         "goals": {"speedup_vs_torchattacks": ">= 3", "overhead_vs_floor": "<= 0.10"},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(json.dumps({k: report[k] for k in ("speedup_vs_torchattacks", "fp32_vs_torchattacks",
-                                             "overhead_vs_floor")}))
+    write_record(report, args.out, show={k: report[k] for k in ("speedup_vs_torchattacks",
+                                                                "fp32_vs_torchattacks", "overhead_vs_floor")})
 
 
 if __name__ == "__main__":

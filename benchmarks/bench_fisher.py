@@ -12,8 +12,6 @@ Usage: python benchmarks/bench_fisher.py [--images 512] [--timed-images 64] [--r
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch
 
 from atlib.fisher import diagonal_fisher, diagonal_fisher_loop
 from atlib.models import build_model
+from record import write_record  # benchmarks/ is on sys.path when run as a script
 
 OUT = Path(__file__).resolve().parent / "results" / "fisher.json"
 
@@ -92,11 +91,8 @@ def main() -> None:
                 + ". speedup = loop/vmap. Shared 2-core CPU: load from other jobs varies, see rounds_s.",
         "max_rel_diff": check,
         "demo_model": demo_record,
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1))
-    print(json.dumps(record, indent=1))
+    write_record(record, args.out)
 
 
 if __name__ == "__main__":

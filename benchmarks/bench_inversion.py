@@ -16,7 +16,6 @@ Usage: python benchmarks/bench_inversion.py [--model m.pt ... --data results/dat
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 import torch
 
 from atlib.invert import METHODS, invert, load_photos, speedup_vs_plain
+from record import write_record  # benchmarks/ is on sys.path when run as a script
 
 OUT = Path(__file__).resolve().parent / "results" / "inversion.json"
 PAPER_RATIO = 40.0
@@ -150,9 +150,7 @@ def main() -> None:
     record = {"source": source, "settings": settings, "paper_ratio": PAPER_RATIO, "runs": runs,
               "variational_reached_plain": f"{len(ratios)}/{len(runs)}",
               "variational_ratio_median": float(pd.Series(ratios).median()) if ratios else None}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1))
-    print(json.dumps(record, indent=1))
+    write_record(record, args.out)
 
 
 if __name__ == "__main__":

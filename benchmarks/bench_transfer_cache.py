@@ -15,8 +15,6 @@ Usage: python benchmarks/bench_transfer_cache.py [--train 2000] [--test 500] [--
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from atlib.data import Arrays, Prepared, write_prepared
 from atlib.models import build_model
 from atlib.runtime import pick_device
 from atlib.transfer import Split, cache_nbytes, transfer
+from record import write_record  # benchmarks/ is on sys.path when run as a script
 
 OUT = Path(__file__).resolve().parent / "results" / "transfer_mode0_cache.json"
 KEY = "cifar10/resnet18/eps0/s0"
@@ -98,11 +97,8 @@ def main() -> None:
         # Same seed, data order and lr in epoch 1: both paths should agree (random labels: ~10%).
         "epoch1_test_top1": {k: runs[k]["top1_epoch1"] for k in runs},
         "goal_speedup": 20, "meets_goal": plain / cached >= 20,
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1))
-    print(json.dumps(record, indent=1))
+    write_record(record, args.out)
 
 
 if __name__ == "__main__":

@@ -33,3 +33,16 @@ def tiny_prepared(tmp_path: Path) -> Path:
     out = tmp_path / "tiny"
     write_prepared(Arrays(*make(60), *make(30), classes=["a", "b", "c"]), out, "tiny", 3, 8, 1, "test")
     return out
+
+
+def save_tiny_model(path: Path, num_classes: int = 3, in_channels: int = 1, arch: str = "resnet8",
+                    **meta) -> torch.nn.Module:
+    """A seeded resnet8 (width 0.125, 8x8 inputs) saved as an atlib checkpoint; extra meta merged in."""
+    from atlib.checkpoint import save_model
+    from atlib.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes, in_channels, width=0.125)
+    save_model(path, model, {"arch": arch, "num_classes": num_classes, "in_channels": in_channels,
+                             "width": 0.125, "normalization": None, "image_size": 8, **meta})
+    return model

@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+
+from conftest import save_tiny_model
 from torch import nn
 
 from atlib.fisher import (diagonal_fisher, diagonal_fisher_loop, fisher_report, hutchinson_trace,
@@ -190,13 +192,7 @@ def test_input_fisher_summary_keys_and_bound():
 
 
 def test_fisher_report_end_to_end(tiny_prepared, tmp_path):
-    from atlib.checkpoint import save_model
-
-    torch.manual_seed(0)
-    model = build_model("resnet8", 3, 1, width=0.125)
-    meta = {"arch": "resnet8", "num_classes": 3, "in_channels": 1, "width": 0.125, "normalization": None,
-            "image_size": 8, "eps": 0.5}
-    save_model(tmp_path / "model.pt", model, meta)
+    model = save_tiny_model(tmp_path / "model.pt", eps=0.5)
     cfg = {"n_images": 12, "chunk": 5, "kind": "true", "beta": 1e-3, "lambda": 1.0, "input_images": 4,
            "power_iters": 3, "hutchinson_samples": 2}
     out = tmp_path / "fisher"

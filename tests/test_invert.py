@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import save_tiny_model
+
 from atlib.invert import invert, invert_report, load_photos, speedup_vs_plain, steps_to_reach
 from atlib.models import build_model
 
@@ -90,13 +92,9 @@ def test_speedup_and_steps_to_reach():
 
 
 def test_invert_report(tiny_prepared, tmp_path):
-    from atlib.checkpoint import atomic_save, save_model
+    from atlib.checkpoint import atomic_save
 
-    torch.manual_seed(0)
-    model = build_model("resnet8", 3, 1, width=0.125)
-    meta = {"arch": "resnet8", "num_classes": 3, "in_channels": 1, "width": 0.125, "normalization": None,
-            "image_size": 8, "eps": 1.0}
-    save_model(tmp_path / "model.pt", model, meta)
+    model = save_tiny_model(tmp_path / "model.pt", eps=1.0)
     fisher = {k: torch.rand_like(v) for k, v in model.named_parameters()}
     atomic_save({"fisher": fisher, "lambda": 1.0}, tmp_path / "fisher.pt")
     cfg = {"n_images": 2, "photos": ["coffee"], "steps": 5, "lr": 0.05, "sigma": 0.1, "beta": 1e-6,
@@ -107,6 +105,7 @@ def test_invert_report(tiny_prepared, tmp_path):
         summary = invert_report(tmp_path / "model.pt", tmp_path / "fisher.pt", tiny_prepared, cfg, method, 3, out,
                                 device="cpu")
         disk = json.loads((out / "summary.json").read_text())
+        assert json.loads(json.dumps(summary)) == disk  # what the job returns is what it wrote
         assert {"method", "final_loss", "steps", "steps_to_reach"} <= set(disk)
         assert disk["method"] == method and disk["steps"] == 5 and disk["n_images"] == 3
         curve = pd.read_csv(out / "curve.csv")

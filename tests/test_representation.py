@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import save_tiny_model
+
 from atlib.models import build_model
 from atlib.representation import class_separation, extract_features, representation_report, tsne
 
@@ -44,13 +46,7 @@ def test_extract_features_restores_mode():
 
 
 def test_representation_report(tiny_prepared, tmp_path):
-    from atlib.checkpoint import save_model
-
-    torch.manual_seed(0)
-    model = build_model("resnet8", 3, 1, width=0.125)
-    meta = {"arch": "resnet8", "num_classes": 3, "in_channels": 1, "width": 0.125, "normalization": None,
-            "image_size": 8}
-    save_model(tmp_path / "model.pt", model, meta)
+    save_tiny_model(tmp_path / "model.pt")
     out = tmp_path / "rep"
     summary = representation_report(tmp_path / "model.pt", tiny_prepared, {"n_images": 24, "perplexity": 5}, 0,
                                     out, eps=0.5, device="cpu")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .registry import Arrays, Index, Raw
+from .registry import Arrays, Raw
 
 SPLITS = ("train", "test")
 

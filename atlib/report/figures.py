@@ -225,16 +225,23 @@ def weight_norm_vs_eps(res: Results, out: Path) -> list[Path]:
     return save(fig, out, "weight_norm_vs_eps")
 
 
+def model_panels(frame: pd.DataFrame, max_cols: int, width: float):
+    """One subplot per model of `frame` (ordered by source, arch, seed, eps); spare panels hidden."""
+    models = frame[KEY_COLS].drop_duplicates().sort_values(["source", "arch", "seed", "eps"])
+    cols = min(len(models), max_cols)
+    rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 3 * rows), squeeze=False)
+    for ax in list(axes.flat)[len(models):]:
+        ax.axis("off")
+    return models, fig, axes
+
+
 def tsne_grid(res: Results, out: Path) -> list[Path]:
     """Figure 6: t-SNE of final representations, one panel per model, ordered by eps."""
     t = res.tsne
     if t.empty:
         return []
-    models = t[KEY_COLS].drop_duplicates().sort_values(["source", "arch", "seed", "eps"])
-    n = len(models)
-    cols = min(n, 5)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    models, fig, axes = model_panels(t, max_cols=5, width=3.0)
     rep = res.representation.set_index(KEY_COLS)
     for ax, key in zip(axes.flat, models.itertuples(index=False)):
         p = t[(t[KEY_COLS] == pd.Series(key._asdict())).all(axis=1)]
@@ -244,8 +251,6 @@ def tsne_grid(res: Results, out: Path) -> list[Path]:
                      + (f", kNN {knn:.1f}%" if np.isfinite(knn) else ""), fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
     return save(fig, out, "tsne_grid")
 
 
@@ -254,11 +259,7 @@ def inversion_curves(res: Results, out: Path) -> list[Path]:
     c = res.invert_curves
     if c.empty:
         return []
-    models = c[KEY_COLS].drop_duplicates().sort_values(["source", "arch", "seed", "eps"])
-    n = len(models)
-    cols = min(n, 4)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3 * rows), squeeze=False)
+    models, fig, axes = model_panels(c, max_cols=4, width=3.6)
     for ax, key in zip(axes.flat, models.itertuples(index=False)):
         p = c[(c[KEY_COLS] == pd.Series(key._asdict())).all(axis=1)]
         for k, (method, m) in enumerate(p.groupby("method", sort=False)):
@@ -268,6 +269,4 @@ def inversion_curves(res: Results, out: Path) -> list[Path]:
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("L_inv (clean model)", fontsize=8)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
     return save(fig, out, "inversion_curves")
