@@ -59,8 +59,9 @@ def test_bad_config_refused_before_any_job(tmp_path, edit, expect):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
     r = snakemake("-n", "--configfile", str(bad), "--config", f"results={tmp_path}/results")
+    out = r.stdout + r.stderr
     assert r.returncode != 0
-    assert expect in r.stderr and "Traceback" not in r.stderr
+    assert f"config error at {expect}" in out and "Traceback" not in out
     assert not (tmp_path / "results").exists()
 
 
