@@ -531,3 +531,12 @@ class LiveLogger:
         if self.enabled and self.run_id is not None:
             self._call(self.client.set_terminated, self.run_id, "FINISHED" if exc_type is None else "FAILED")
         return False
+
+
+def live_for_job(tracking: dict[str, Any], results: str | Path, output_file: str | Path, rule: str,
+                 wildcards: dict[str, str]) -> LiveLogger:
+    """The `LiveLogger` of one rule job, from the config's `tracking` section (off unless `live`)."""
+    uri = tracking.get("uri") or default_uri(results)
+    tags = {"rule": rule, **{k: str(v) for k, v in wildcards.items()}}
+    return LiveLogger(uri, tracking.get("experiment", "atlib"), job_key(results, output_file), tags,
+                      enabled=bool(tracking.get("live")))

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
@@ -194,6 +194,7 @@ def train_source(
     log: logging.Logger = logger,
     world_size: int = 1,
     rng_seed: int | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
     _stop_after_epoch: int | None = None,
 ) -> dict[str, Any]:
     """Train one source model and write model.pt, history.csv and metrics.json to `out_dir`.
@@ -213,6 +214,8 @@ def train_source(
             WORLD_SIZE/RANK environment is used instead).
         rng_seed: seed of all randomness when it differs from `seed` (the rule derives one
             from the wildcards with `job_seed`).
+        on_epoch: called with each epoch's history row (e.g. MLflow live logging); not called
+            in spawned single-node DDP, whose ranks are separate processes.
         _stop_after_epoch: test hook, behave as if preempted after this many epochs.
     Returns:
         The metrics dict written to metrics.json.
@@ -228,7 +231,7 @@ def train_source(
               stop_after_epoch=_stop_after_epoch)
     env = ddp.env_from_torchrun()
     if env is not None:
-        return _train(env, log=log, **kw)
+        return _train(env, log=log, on_epoch=on_epoch, **kw)
     if world_size > 1:
         files = [h.baseFilename for h in logging.getLogger().handlers + log.handlers
                  if isinstance(h, logging.FileHandler)]
@@ -239,7 +242,7 @@ def train_source(
                 raise resume.Interrupted(_last_line(err)) from None
             raise TrainingError(f"DDP training failed: {_last_line(err)}") from None
         return json.loads((Path(out_dir) / "metrics.json").read_text())
-    return _train(ddp.DistEnv(), log=log, **kw)
+    return _train(ddp.DistEnv(), log=log, on_epoch=on_epoch, **kw)
 
 
 def _last_line(err: BaseException) -> str:
@@ -258,7 +261,7 @@ def _spawned(rank: int, world_size: int, kw: dict, log_name: str, log_files: lis
 
 def _train(env: ddp.DistEnv, *, data_dir: str, out_dir: str, arch: str, width: float, eps: float, seed: int,
            rng_seed: int, sched: dict, device: str, threads: int, stop_after_epoch: int | None,
-           log: logging.Logger) -> dict:
+           log: logging.Logger, on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict:
     dev = pick_device(device)
     if dev.type == "cuda" and env.distributed:
         dev = torch.device("cuda", env.local_rank)
@@ -267,14 +270,14 @@ def _train(env: ddp.DistEnv, *, data_dir: str, out_dir: str, arch: str, width: f
     ddp.init(env, dev)
     try:
         return _train_loop(env, dev, Path(data_dir), Path(out_dir), arch, width, eps, seed, rng_seed, sched,
-                           threads, stop_after_epoch, log)
+                           threads, stop_after_epoch, log, on_epoch)
     finally:
         ddp.shutdown()
 
 
 def _train_loop(env: ddp.DistEnv, dev: torch.device, data_dir: Path, out_dir: Path, arch: str, width: float,
                 eps: float, seed: int, rng_seed: int, sched: dict, threads: int, stop_after_epoch: int | None,
-                log: logging.Logger) -> dict:
+                log: logging.Logger, on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict:
     prep = Prepared(data_dir)
     gen = seed_everything(rng_seed)
     meta = model_meta(prep, arch, width, eps, seed, rng_seed=rng_seed, objective=sched["objective"],
@@ -396,6 +399,8 @@ def _train_loop(env: ddp.DistEnv, dev: torch.device, data_dir: Path, out_dir: Pa
                 history.append({k: record.get(k, float("nan")) for k in HISTORY_COLUMNS})
                 log.info("epoch %d/%d " + " ".join(f"{k} %.4g" for k in HISTORY_COLUMNS[1:]), epoch + 1, epochs,
                          *[history[-1][k] for k in HISTORY_COLUMNS[1:]])
+                if on_epoch is not None:
+                    on_epoch(history[-1])
             last = epoch + 1 == epochs
             hook = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
             if last or hook or (epoch + 1) % sched["checkpoint_every"] == 0:

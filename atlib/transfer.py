@@ -25,7 +25,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -347,6 +347,7 @@ def transfer(
     model_key: str | None = None,
     arch: str | None = None,
     save_model_to: str | Path | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
     _stop_after_epoch: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a source model on a target and write history.csv and metrics.json to `out_dir`.
@@ -375,6 +376,7 @@ def transfer(
             source_model and eps); default: read from `model_path`'s results layout.
         arch: the architecture the source model must have (default: the key's).
         save_model_to: also save the fine-tuned model there (not an output of the rule).
+        on_epoch: called with each epoch's history row (e.g. MLflow live logging).
         _stop_after_epoch: test hook, behave as if preempted after this many epochs.
     Returns:
         The metrics dict written to metrics.json.
@@ -509,6 +511,8 @@ def transfer(
                             "train_acc": 100.0 * float(acc[2] / acc[1]), "test_top1": top1, "time_s": epoch_time})
             log.info("epoch %d/%d " + " ".join(f"{k} %.4g" for k in HISTORY_COLUMNS[1:]), epoch + 1, epochs,
                      *[history[-1][k] for k in HISTORY_COLUMNS[1:]])
+            if on_epoch is not None:
+                on_epoch(history[-1])
             last = epoch + 1 == epochs
             hook = _stop_after_epoch is not None and epoch + 1 >= _stop_after_epoch
             save_state(epoch + 1, 0)

@@ -179,3 +179,24 @@ def test_ingest_into_a_broken_store_is_one_clear_error(results, tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(TrackingError, match="MLflow store .* failed.*rerun the `track` rule"):
         ingest(results, f"sqlite:///{tmp_path}/a_file/mlflow.db", "atlib")
+
+
+def test_live_logging_streams_training_epochs(tiny_prepared, tmp_path):
+    """A training job with tracking.live logs each epoch's history row to its run while it runs."""
+    import mlflow
+
+    from atlib.tracking import live_for_job
+    from atlib.train import train_source
+
+    results = tmp_path / "results"
+    out = results / "models" / "tiny" / "resnet8" / "eps0" / "s0"
+    tracking = {"uri": None, "experiment": "live", "live": True}
+    sched = {"epochs": 2, "batch_size": 30, "lr": 0.05, "lr_schedule": "cosine", "bf16": False,
+             "evaluation": {"eps": [0.5], "steps": 1, "restarts": 1, "max_images": 10}}
+    with live_for_job(tracking, results, out / "metrics.json", "train_source", {"eps": "0"}) as live:
+        train_source(tiny_prepared, out, arch="resnet8", width=0.125, eps=0.0, seed=0, schedule=sched,
+                     on_epoch=lambda row: live.log_metrics(row, step=int(row["epoch"])))
+    client = mlflow.MlflowClient(f"sqlite:///{results.resolve()}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("live").experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["job_key"] == "models/tiny/resnet8/eps0/s0"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "test_acc")] == [1, 2]

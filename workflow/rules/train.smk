@@ -30,6 +30,8 @@ rule train_source:
         pretrained=pretrained_checkpoint,
         rng_seed=train_seed,
         device=config["device"],
+        tracking=config["tracking"],
+        results=RESULTS,
     log:
         f"{RESULTS}/logs/train_source/{MODEL_PATH}.log",
     threads: config["threads"]

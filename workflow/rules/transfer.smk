@@ -49,6 +49,8 @@ rule transfer:
         model_key=lambda wc: model_key(wc).path,
         seed=transfer_seed,
         device=config["device"],
+        tracking=config["tracking"],
+        results=RESULTS,
     log:
         f"{RESULTS}/logs/transfer/{MODEL_PATH}/{{target}}/mode{{mode}}.log",
     threads: config["threads"]

@@ -7,12 +7,14 @@ from atlib.config import ConfigError
 from atlib.logs import job_logging
 from atlib.pretrained import import_source
 from atlib.resume import Interrupted
+from atlib.tracking import live_for_job
 from atlib.train import TrainingError, train_source
 
 
 def main(sm) -> None:
     wc, p = sm.wildcards, sm.params
-    with job_logging(sm.log[0]) as log:
+    with job_logging(sm.log[0]) as log, live_for_job(p.tracking, p.results, sm.output.metrics, "train_source",
+                                                      dict(wc.items())) as live:
         common = dict(arch=wc.arch, eps=float(wc.eps), seed=int(wc.seed), rng_seed=p.rng_seed,
                       schedule=p.schedule, device=p.device, threads=sm.threads, log=log)
         data, out = Path(sm.input.data).parent, Path(sm.output.model).parent
@@ -20,7 +22,8 @@ def main(sm) -> None:
             if p.pretrained:
                 import_source(p.pretrained, data, out, **common)
             else:
-                train_source(data, out, width=p.width, world_size=p.schedule.get("world_size", 1), **common)
+                train_source(data, out, width=p.width, world_size=p.schedule.get("world_size", 1),
+                             on_epoch=lambda row: live.log_metrics(row, step=int(row["epoch"])), **common)
         except (TrainingError, CheckpointError, ConfigError, Interrupted, FileNotFoundError) as err:
             raise SystemExit(str(err)) from None  # one clear line; Interrupted exits non-zero to be retried
 
