@@ -9,6 +9,7 @@ and autocast set by the caller applies to the model's forward passes.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable
 
 import torch
@@ -26,7 +27,7 @@ def _per_example_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=dims, keepdim=True)
 
 
-class AttackStep:
+class AttackStep(ABC):
     """A threat model: the eps-ball of a norm around x0, intersected with the box [0, 1].
 
     Args:
@@ -37,14 +38,17 @@ class AttackStep:
     def __init__(self, eps: float, step_size: float) -> None:
         self.eps, self.step_size = float(eps), float(step_size)
 
+    @abstractmethod
     def project(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """See the subclasses: one per threat model."""
 
+    @abstractmethod
     def step(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """See the subclasses: one per threat model."""
 
+    @abstractmethod
     def random_start(self, x0: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """See the subclasses: one per threat model."""
 
 
 class L2Step(AttackStep):
