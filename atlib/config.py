@@ -105,6 +105,22 @@ def model_experiments(config: dict) -> dict[str, str]:
     return out
 
 
+def transfer_experiments(config: dict) -> dict[tuple[str, str, int], str]:
+    """(model path, target, mode) -> the first experiment asking for that transfer, in config order.
+
+    Not `model_experiments`: a model shared by two experiments (the demo's `demo` with mode 0 and
+    `demo_modes` with modes 1, 2) is fine-tuned with the schedule of the experiment that asked
+    for the mode. The keys are also the deduplicated list of transfer jobs.
+    """
+    out: dict[tuple[str, str, int], str] = {}
+    for name, key in iter_models(config):
+        exp = config["experiments"][name]
+        for target in exp.get("targets") or []:
+            for mode in exp.get("modes") or []:
+                out.setdefault((key.path, target, int(mode)), name)
+    return out
+
+
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

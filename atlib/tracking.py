@@ -178,19 +178,12 @@ def _number(v: Any) -> float | None:
 
 def config_index(config: dict | None) -> dict[str, dict]:
     """Which experiment defines each model, and which one asked for each transfer (its finetune
-    schedule is the one used: the same rule as workflow/rules/transfer.smk)."""
-    models: dict[str, str] = {}
-    transfers: dict[tuple, str] = {}
-    if config and config.get("experiments"):
-        from .config import iter_models
+    schedule is the one used, as in workflow/rules/transfer.smk)."""
+    if not (config and config.get("experiments")):
+        return {"models": {}, "transfers": {}}
+    from .config import model_experiments, transfer_experiments
 
-        for name, key in iter_models(config):
-            models.setdefault(key.path, name)
-            exp = config["experiments"][name]
-            for target in exp.get("targets") or []:
-                for mode in exp.get("modes") or []:
-                    transfers.setdefault((key.path, target, int(mode)), name)
-    return {"models": models, "transfers": transfers}
+    return {"models": model_experiments(config), "transfers": transfer_experiments(config)}
 
 
 def job_params(job: Job, config: dict | None, index: dict | None = None) -> dict[str, str]:

@@ -1,5 +1,5 @@
 # Target lists, input functions and wildcard constraints shared by every rule file.
-from atlib.config import ModelKey, eps_str, iter_models, model_experiments
+from atlib.config import ModelKey, eps_str, iter_models, model_experiments, transfer_experiments
 
 RESULTS = config["results"]
 MODEL_PATH = "{source}/{arch}/eps{eps}/s{seed}"
@@ -54,14 +54,9 @@ def experiment_models(analysis: str | None = None):
 
 def transfer_jobs():
     """(model, target, mode) for every transfer the config asks for, deduplicated."""
-    seen = set()
-    for name, key in iter_models(config):
-        exp = config["experiments"][name]
-        for target in exp["targets"]:
-            for mode in exp["modes"]:
-                if (key.path, target, mode) not in seen:
-                    seen.add((key.path, target, mode))
-                    yield key, target, mode
+    keys = {k.path: k for _, k in iter_models(config)}
+    for path, target, mode in transfer_experiments(config):
+        yield keys[path], target, mode
 
 
 def probe_of(key: ModelKey) -> ModelKey:

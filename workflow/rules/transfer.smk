@@ -2,23 +2,8 @@
 # on the target with the experiment's finetune schedule (modes of the paper's Appendix C).
 
 
-def _transfer_experiments() -> dict:
-    """(model path, target, mode) -> the first experiment asking for that transfer.
-
-    Not `experiment_of`: a model shared by two experiments (e.g. the demo's `demo` with mode 0 and
-    `demo_modes` with modes 1, 2) must be fine-tuned with the schedule of the experiment that
-    asked for the mode.
-    """
-    out = {}
-    for name, key in iter_models(config):
-        exp = config["experiments"][name]
-        for target in exp["targets"]:
-            for mode in exp["modes"]:
-                out.setdefault((key.path, target, int(mode)), name)
-    return out
-
-
-TRANSFER_EXPERIMENT = _transfer_experiments()
+# The experiment that asked for each transfer gives its finetune schedule (atlib.config).
+TRANSFER_EXPERIMENT = transfer_experiments(config)
 
 
 def finetune_schedule(wc) -> dict:
