@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import figures as F
-from .claims import check_claims, claims_markdown
+from .claims import check_claims, claims_markdown, effect_text
 from .info import information_table, inversion_table
+from .ladders import ladder_figure, ladder_findings, ladder_table
 from .load import Results, expected_jobs, load_results
 from .paper import paper_comparison, write_paper_comparison
 from .stats import correlation_table, gap_frame, gap_summary
@@ -24,9 +25,6 @@ __all__ = ["aggregate", "load_results", "expected_jobs", "Results", "check_claim
            "correlation_table", "gap_frame", "gap_summary", "information_table", "inversion_table"]
 
 log = logging.getLogger("atlib.report")
-
-REPORT_DEFAULTS = {"bootstrap": 1000, "near_far_split": 0.5, "noise_points": 2.0}
-
 
 def _tidy(out: Path, stem: str, df: pd.DataFrame, title: str, note: str = "") -> list[Path]:
     """A results table as CSV, plus HTML for the Snakemake report."""
@@ -47,7 +45,7 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
     Returns:
         The files written, summary.md last.
     """
-    rep = {**REPORT_DEFAULTS, **config.get("report", {})}
+    rep = config["report"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res = load_results(config, results_dir)
@@ -74,6 +72,15 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
                          f"95% percentile bootstrap intervals over targets, {rep['bootstrap']} resamples"),
         f"Spearman and Pearson correlation of the mean gap with the task distance (EMD and OTDD), per source, "
         f"arch, robust eps and mode, with 95% bootstrap intervals over targets ({rep['bootstrap']} resamples).")
+
+    ladders = ladder_table(res)
+    if not ladders.empty:
+        findings = ladder_findings(ladders)
+        add("Ladders", _tidy(out, "ladders", ladders, "Target ladders", "; ".join(findings)),
+            "Graded target ladders: per level, the transform strength, the EMD from the source (standard probe) "
+            "and the gap with its 95% t-interval over seeds. " + " ".join(f"{f}." for f in findings))
+        add("Ladders", ladder_figure(ladders, out), "Gap (95% CI over seeds) and EMD against the transform "
+            "strength, one panel per ladder (mode 0).")
 
     tables = write_all_tables(res, out)
     for p in tables:
@@ -125,15 +132,15 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
     add("Paper", write_paper_comparison(res, out), "Our top-1 beside the paper's where the setting (source, "
         "arch, eps, target, mode) matches one of the paper's tables; otherwise a note says none matches.")
 
-    claims = check_claims(res, float(rep["noise_points"]), float(rep["near_far_split"]), n_boot)
+    claims = check_claims(res, n_boot)
     claims.to_csv(out / "claims.csv", index=False)
-    md = claims_markdown(claims, float(rep["noise_points"]))
+    md = claims_markdown(claims)
     (out / "claims.md").write_text(md)
     (out / "claims.html").write_text(html_page("Claims check", claims.to_html(index=False, escape=True),
                                                md.split("\n\n")[1]))
     add("Claims", [out / "claims.md", out / "claims.csv", out / "claims.html"],
-        "Every claim of the paper judged on this run: holds / does not hold / inconclusive / not tested, "
-        "with the numbers behind each verdict.")
+        "Every claim of the paper judged on this run by one rule (holds / does not hold / inconclusive / not "
+        "testable here), with the effect, its 95% interval, n, the test and the numbers behind each verdict.")
 
     summary = out / "summary.md"
     summary.write_text(_summary(res, entries, claims, out))
@@ -160,8 +167,10 @@ def _summary(res: Results, entries: list[tuple[str, list[Path], str]], claims: p
     counts = claims["verdict"].value_counts()
     lines += ["## Claims", "", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items())
               + ". Details: [claims.md](claims.md).", ""]
-    lines += ["| # | verdict | claim |", "|---|---|---|"]
-    lines += [f"| {r['claim']} | {r['verdict']} | {r['statement']} |" for _, r in claims.iterrows()]
+    lines += ["| # | claim | verdict | effect [95% CI] | n | test |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['statement']} | **{r['verdict']}** | {effect_text(r)} | "
+              f"{(str(r['n']) + ' ' + r['unit']) if r['n'] else '—'} | {r['test'] or '—'} |"
+              for _, r in claims.iterrows()]
     lines.append("")
     section = None
     for sec, files, caption in entries:

@@ -1,39 +1,45 @@
 """The claims check: every claim of atlib/reference/claims.md judged on this run's results.
 
-Verdicts: holds / does not hold / inconclusive / not tested. Accuracy effects smaller than
-`noise` points, or whose 95% interval includes 0, are inconclusive; so are claims on which
-the run's groups (sources, archs, eps) disagree. Each verdict comes with the numbers behind it.
+One verdict rule for every line of evidence (`stats.verdict`, stated in `stats.RULE`): "holds" /
+"does not hold" need >= 3 independent units and a 95% interval excluding 0; otherwise
+"inconclusive"; "not testable here" (with the reason) when the run has no data for the claim.
+Each claim returns a `Finding`: the verdict, its headline test (effect, interval, n, test) and
+the evidence lines behind it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
-from .info import inversion_table
+from ..config import near_far
+from .info import inversion_images, inversion_table
 from .load import KEY_COLS, Results
-from .stats import (FAILS, HOLDS, INCONCLUSIVE, NOT_TESTED, combine, correlation, gap_distance_points,
-                    gap_frame, judge, mean_std)
+from .stats import (FAILS, HOLDS, INCONCLUSIVE, MIN_UNITS, NOT_TESTABLE, RULE, Test, combine,
+                    correlation_test, gap_distance_points, gap_frame, mean_std, mean_test)
 
 CLAIMS_MD = Path(__file__).resolve().parent.parent / "reference" / "claims.md"
 ARCH_SIZE = {"resnet8": 0, "resnet18": 1, "resnet50": 2, "resnet50_imagenet": 2}
-NORM_TOL = 0.05  # claim 10: relative change of ||w|| vs eps 0 treated as "no change"
-SPEEDUP = 2.0  # claim 13: "much faster" needs at least this ratio (the paper reports ~40x)
-MIN_TARGETS = 5  # claim 4: fewer targets give degenerate bootstrap intervals (a monotone 3-point set gives [1, 1])
 
 
 @dataclass
 class Ctx:
     res: Results
-    noise: float
-    near_far: float
     n_boot: int
+
+
+@dataclass
+class Finding:
+    """A claim's verdict, its headline test (None when not testable) and the evidence lines."""
+
+    verdict: str
+    lines: list[str] = field(default_factory=list)
+    test: Test | None = None
 
 
 def load_claims(path: str | Path = CLAIMS_MD) -> pd.DataFrame:
@@ -47,230 +53,239 @@ def load_claims(path: str | Path = CLAIMS_MD) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _groups(res: Results) -> list[tuple[str, str]]:
-    return res.experiment_groups()
+def _decide(tests: list[Test], lines: list[str], reason: str) -> Finding:
+    """Verdict from the tests that have enough units (unanimous, else inconclusive); the headline
+    is the first of them (or the first test). No test at all: not testable here, with `reason`."""
+    if not tests:
+        return Finding(NOT_TESTABLE, [reason] + lines)
+    strong = [t for t in tests if t.n >= MIN_UNITS]
+    v = combine([t.verdict for t in strong]) if strong else INCONCLUSIVE
+    return Finding(v, lines, (strong or tests)[0])
 
 
 def _fmt_gap(r) -> str:
     s = f"{r['mean']:+.2f}" if np.isfinite(r["mean"]) else "—"
-    return s + (f"±{r['std']:.2f}" if np.isfinite(r.get("std", np.nan)) else "")
+    return s + (f"±{r['std']:.2f}" if np.isfinite(r.get("std", np.nan)) else "") + f" (n={int(r['n'])})"
 
 
-def _trend(eps: np.ndarray, values: np.ndarray, expect: int, noise: float = 0.0) -> tuple[str, str]:
-    """Monotone trend of values against eps: holds if the last-vs-first change has the expected
-    sign beyond `noise` and (with >= 3 eps) Spearman rho has that sign with |rho| >= 0.8."""
-    ok = np.isfinite(values)
-    eps, values = eps[ok], values[ok]
-    if len(eps) < 2:
-        return NOT_TESTED, "fewer than 2 eps"
-    order = np.argsort(eps)
-    eps, values = eps[order], values[order]
-    change = values[-1] - values[0]
-    rho = float(sps.spearmanr(eps, values)[0]) if len(eps) >= 3 and np.ptp(values) > 0 else np.nan
-    text = ", ".join(f"eps {e:g}: {v:.4g}" for e, v in zip(eps, values))
-    text += f"; change {change:+.4g}" + (f", Spearman ρ={rho:+.2f}" if np.isfinite(rho) else "")
-    if abs(change) <= noise:
-        return INCONCLUSIVE, text
-    if np.sign(change) != expect:
-        return FAILS, text
-    if len(eps) >= 3 and not (np.isfinite(rho) and rho * expect >= 0.8):
-        return INCONCLUSIVE, text
-    return HOLDS, text
+def _paired(df: pd.DataFrame, col: str, expect: int, label: str, log: bool = False
+            ) -> Iterator[tuple[str, str, float, Test]]:
+    """Per (source, arch) and robust eps: col(eps) - col(eps 0) over seeds present at both (paired
+    seeds share data order and initialization). log: compare log(col)."""
+    d = df.dropna(subset=[col]) if col in df else df.iloc[0:0]
+    for (source, arch), g in d.groupby(["source", "arch"], sort=False):
+        base = g[g["eps"] == 0].groupby("seed")[col].mean()
+        for eps in sorted(e for e in g["eps"].unique() if e > 0):
+            rob = g[g["eps"] == eps].groupby("seed")[col].mean()
+            common = base.index.intersection(rob.index)
+            if len(common) == 0:
+                continue
+            a, b = rob[common].to_numpy(float), base[common].to_numpy(float)
+            diff = np.log(a) - np.log(b) if log else a - b
+            yield source, arch, eps, mean_test(diff, expect, "seeds", f"{source} ({arch}) {label}, eps {eps:g} − eps 0")
 
 
-# ----------------------------------------------------------------------------- the claims
+def _by_n(tests: list[Test]) -> list[Test]:
+    """Most units first (then the order given): the best-powered comparison is the headline."""
+    return sorted(tests, key=lambda t: -t.n)
 
 
-def claim1(c: Ctx) -> tuple[str, str]:
+def _per_eps_means(df: pd.DataFrame, col: str, fmt: str = ".4g") -> str:
+    m = df.dropna(subset=[col]).groupby("eps")[col].agg(["mean", "count"])
+    return ", ".join(f"eps {e:g}: {r['mean']:{fmt}} (n={int(r['count'])})" for e, r in m.iterrows())
+
+
+# ----------------------------------------------------------------------------- transfer claims
+
+
+def claim1(c: Ctx) -> Finding:
     s = c.res.sources
     pgd = [k for k in s.columns if k.startswith("pgd_acc_")]
-    verdicts, ev = [], []
-    for (source, arch), g in s.groupby(["source", "arch"], sort=False):
-        g = g[g["natural_acc"].notna()]
-        if g.empty or g["eps"].max() == 0 or (g["eps"] == 0).sum() == 0:
+    s = s.assign(pgd_mean=s[pgd].mean(axis=1) if pgd else np.nan)
+    nat = [t for *_, t in _paired(s, "natural_acc", -1, "natural accuracy [points]")]
+    rob = [t for *_, t in _paired(s, "pgd_mean", +1, f"PGD accuracy (mean over test eps {', '.join(k[8:] for k in pgd)})")]
+    lines = [f"natural accuracy by eps: {_per_eps_means(s, 'natural_acc', '.1f')}"]
+    lines += [t.text() for t in _by_n(nat) + _by_n(rob)]
+    f_nat = _decide(_by_n(nat), [], "no source model metrics with eps 0 and eps > 0")
+    f_rob = _decide(_by_n(rob), [], "no PGD accuracy of source models")
+    if f_nat.verdict == NOT_TESTABLE:
+        return Finding(NOT_TESTABLE, f_nat.lines)
+    both = [f_nat.verdict, f_rob.verdict]
+    v = HOLDS if both == [HOLDS, HOLDS] else FAILS if FAILS in both else INCONCLUSIVE
+    return Finding(v, lines, f_nat.test)
+
+
+def _declared(c: Ctx, source: str, arch: str, far: bool) -> list[str]:
+    out: list[str] = []
+    for name, exp in c.res.config["experiments"].items():
+        if (exp["source"], exp["arch"]) == (source, arch):
+            out += [t for t in near_far(c.res.config, name)[1 if far else 0] if t not in out]
+    return out
+
+
+def _near_far(c: Ctx, far: bool) -> Finding:
+    tests, lines = [], []
+    word = "far" if far else "near"
+    for source, arch in c.res.experiment_groups():
+        declared = _declared(c, source, arch, far)
+        if not declared:
             continue
-        emax = g["eps"].max()
-        pair = g[g["eps"] == 0].merge(g[g["eps"] == emax], on="seed", suffixes=("_0", "_r"))
-        v_nat, t_nat = judge(pair["natural_acc_r"] - pair["natural_acc_0"], -1, c.noise)
-        d_pgd = pair[[f"{k}_r" for k in pgd]].to_numpy() - pair[[f"{k}_0" for k in pgd]].to_numpy()
-        v_pgd, t_pgd = judge(pd.DataFrame(d_pgd).mean(axis=1) if pgd else [], +1, c.noise)
-        v = HOLDS if (v_nat == HOLDS and v_pgd == HOLDS) else FAILS if FAILS in (v_nat, v_pgd) else INCONCLUSIVE
-        verdicts.append(v)
-        per_eps = g.groupby("eps")[["natural_acc"] + pgd].mean()
-        ev.append(f"{source} ({arch}) natural acc by eps: "
-                  + ", ".join(f"{e:g}: {r['natural_acc']:.1f}" for e, r in per_eps.iterrows())
-                  + f"; eps {emax:g} - eps 0 (paired seeds): natural {t_nat} [{v_nat}], PGD (mean over test eps "
-                  + f"{', '.join(k[8:] for k in pgd)}) {t_pgd} [{v_pgd}]")
-    return (combine(verdicts), "; ".join(ev)) if ev else (NOT_TESTED, "no source model metrics with eps 0 and eps > 0")
-
-
-def _near_far(c: Ctx, far: bool) -> tuple[str, str]:
-    verdicts, ev = [], []
-    for source, arch in _groups(c.res):
         pts = gap_distance_points(c.res.transfers, c.res.distances, source, arch)
-        pts = pts[(pts["mode"] == 0) & pts["mean"].notna() & pts["distance"].notna()]
+        pts = pts[(pts["mode"] == 0) & pts["target"].isin(declared) & pts["mean"].notna()]
         for eps, p in pts.groupby("eps"):
-            if len(p) < 2:
-                continue
-            q = p["distance"].quantile(c.near_far)
-            sel = p[p["distance"] > q] if far else p[p["distance"] <= q]
-            if sel.empty:
-                continue
-            v, t = judge(sel["mean"], +1 if far else -1, c.noise)
-            verdicts.append(v)
-            ev.append(f"{source} ({arch}) eps {eps:g}, mode 0, {'far' if far else 'near'} targets (EMD "
-                      f"{'>' if far else '<='} {q:.3g}, the {c.near_far:g} quantile): "
-                      + ", ".join(f"{r['target']} {_fmt_gap(r)} (EMD {r['distance']:.3g})"
-                                  for _, r in sel.sort_values("distance").iterrows())
-                      + f"; over targets {t} [{v}]")
-    if not ev:
-        return NOT_TESTED, "no mode-0 transfers with both a gap and a distance"
-    return combine(verdicts), "; ".join(ev)
+            t = mean_test(p["mean"], +1 if far else -1, "targets",
+                          f"{source} ({arch}) eps {eps:g}, mode 0: mean gap over {word} targets [points]")
+            tests.append(t)
+            lines.append(t.text() + f"; 95% half-width {t.half_width:.2f} points; per target (mean±std over seeds, "
+                         "EMD): " + ", ".join(f"{r['target']} {_fmt_gap(r)} (EMD {r['distance']:.3g})"
+                                             for _, r in p.sort_values("distance").iterrows()))
+    reason = (f"no {word} targets declared for any experiment with mode-0 transfers (experiments.<name>.{word}, "
+              "or ladders whose levels define them)")
+    return _decide(_by_n(tests), lines, reason)
 
 
-def claim2(c: Ctx) -> tuple[str, str]:
+def claim2(c: Ctx) -> Finding:
     return _near_far(c, far=True)
 
 
-def claim3(c: Ctx) -> tuple[str, str]:
+def claim3(c: Ctx) -> Finding:
     return _near_far(c, far=False)
 
 
-def claim4(c: Ctx) -> tuple[str, str]:
-    verdicts, ev = [], []
-    for source, arch in _groups(c.res):
-        pts = gap_distance_points(c.res.transfers, c.res.distances, source, arch)
-        for (eps, mode), p in pts[pts["mode"] == pts["mode"].min()].groupby(["eps", "mode"]):
-            r = correlation(p["distance"], p["mean"], c.n_boot)
-            if not np.isfinite(r["spearman"]):
-                ev.append(f"{source} ({arch}) eps {eps:g} mode {mode}: {r['n']} targets, too few or constant")
-                continue
-            lo, hi = r["spearman_lo"], r["spearman_hi"]
-            v = (INCONCLUSIVE if r["n"] < MIN_TARGETS else HOLDS if r["spearman"] > 0 and lo > 0
-                 else FAILS if r["spearman"] < 0 and hi < 0 else INCONCLUSIVE)
-            verdicts.append(v)
-            ev.append(f"{source} ({arch}) eps {eps:g} mode {mode}: Spearman ρ={r['spearman']:+.2f} "
-                      f"[95% bootstrap CI {lo:+.2f}, {hi:+.2f}; {c.n_boot} resamples over {r['n']} targets], "
-                      f"Pearson r={r['pearson']:+.2f} [{r['pearson_lo']:+.2f}, {r['pearson_hi']:+.2f}]"
-                      + (f"; fewer than {MIN_TARGETS} targets: not enough for a verdict" if r["n"] < MIN_TARGETS
-                         else "") + f" [{v}]")
-    if not verdicts:
-        return NOT_TESTED, "; ".join(ev) or "no transfers with distances"
-    return combine(verdicts), "; ".join(ev)
+def claim4(c: Ctx) -> Finding:
+    tests, lines = [], []
+    for source, arch in c.res.experiment_groups():
+        emd = gap_distance_points(c.res.transfers, c.res.distances, source, arch, "emd")
+        otdd = gap_distance_points(c.res.transfers, c.res.distances, source, arch, "otdd")
+        for (eps, mode), p in emd[emd["mode"] == 0].groupby(["eps", "mode"]):
+            p = p.dropna(subset=["mean", "distance"])
+            t = correlation_test(p["distance"], p["mean"], +1, "targets",
+                                 f"{source} ({arch}) eps {eps:g} mode 0: Spearman ρ(gap, EMD)", c.n_boot)
+            tests.append(t)
+            lines.append(t.text() + " (the source excluded)")
+            q = otdd[(otdd["eps"] == eps) & (otdd["mode"] == mode)].dropna(subset=["mean", "distance"])
+            if len(q):
+                lines.append("for comparison, " + correlation_test(
+                    q["distance"], q["mean"], +1, "targets", "Spearman ρ(gap, OTDD-style distance)", c.n_boot).text())
+    return _decide(_by_n(tests), lines, "no mode-0 transfers with both a gap and a distance")
 
 
-def claim5(c: Ctx) -> tuple[str, str]:
-    gs = mean_std(gap_frame(c.res.transfers), ["source", "arch", "eps", "target", "mode"], "gap")
-    gs = gs[gs["mean"].notna()]
-    verdicts, ev = [], []
-    for _, ab in gs.iterrows():
-        if ab["source"] >= ab["target"]:  # each unordered pair once
-            continue
-        ba = gs[(gs["source"] == ab["target"]) & (gs["target"] == ab["source"]) & (gs["arch"] == ab["arch"])
-                & (gs["eps"] == ab["eps"]) & (gs["mode"] == ab["mode"])]
-        if ba.empty:
-            continue
-        asym = ab["mean"] + ba.iloc[0]["mean"]
-        v = HOLDS if abs(asym) >= c.noise else INCONCLUSIVE
-        verdicts.append(v)
-        ev.append(f"{ab['source']}<->{ab['target']} ({ab['arch']}, eps {ab['eps']:g}, mode {ab['mode']}): "
-                  f"gap A->B {ab['mean']:+.2f}, B->A {ba.iloc[0]['mean']:+.2f}, sum {asym:+.2f} [{v}]")
-    if not ev:
-        return NOT_TESTED, "no pair of datasets run in both directions (A->B and B->A)"
-    return combine(verdicts), "; ".join(ev)
-
-
-def claim6(c: Ctx) -> tuple[str, str]:
+def claim5(c: Ctx) -> Finding:
     g = gap_frame(c.res.transfers).dropna(subset=["gap"])
-    verdicts, ev = [], []
-    for (source, arch, eps), d in g.groupby(["source", "arch", "eps"], sort=False):
-        modes = sorted(d["mode"].unique())
-        if len(modes) < 2:
+    tests, lines = [], []
+    for (a, b, arch, eps, mode), ab in g.groupby(["source", "target", "arch", "eps", "mode"]):
+        if a >= b:
             continue
-        # Compare modes on the same (target, seed) pairs only.
-        sets = [set(map(tuple, d[d["mode"] == m][["target", "seed"]].to_numpy())) for m in modes]
-        common = set.intersection(*sets)
-        if not common:
+        ba = g[(g["source"] == b) & (g["target"] == a) & (g["arch"] == arch) & (g["eps"] == eps) & (g["mode"] == mode)]
+        m = ab.merge(ba, on="seed", suffixes=("_ab", "_ba"))
+        if m.empty:
             continue
-        keep = d[[(t, s) in common for t, s in d[["target", "seed"]].to_numpy()]]
-        per_mode = keep.assign(abs_gap=keep["gap"].abs()).groupby("mode")["abs_gap"].mean()
-        vals = per_mode.to_numpy()
-        steps = np.diff(vals)
-        if (steps < 0).all() and vals[0] - vals[-1] >= c.noise:
-            v = HOLDS
-        elif (steps > c.noise).any():
-            v = FAILS
-        else:
-            v = INCONCLUSIVE
-        verdicts.append(v)
-        ev.append(f"{source} ({arch}) eps {eps:g}, mean |gap| on {len(common)} common (target, seed) pairs: "
-                  + ", ".join(f"mode {m}: {x:.2f}" for m, x in per_mode.items()) + f" [{v}]")
-    if not ev:
-        return NOT_TESTED, "no (target, seed) run in two or more modes"
-    return combine(verdicts), "; ".join(ev)
+        t = mean_test(m["gap_ab"] + m["gap_ba"], 0, "seeds",
+                      f"{a}↔{b} ({arch}, eps {eps:g}, mode {mode}): gap(A→B) + gap(B→A)")
+        tests.append(t)
+        lines.append(t.text())
+    sources = sorted(c.res.transfers["source"].unique())
+    return _decide(tests, lines, "needs transfers in both directions between two datasets (A→B and B→A); this "
+                   f"run's sources are {', '.join(sources) or 'none'} and no target is also a source")
 
 
-def claim7(c: Ctx) -> tuple[str, str]:
+def claim6(c: Ctx) -> Finding:
+    gs = mean_std(gap_frame(c.res.transfers), ["source", "arch", "eps", "target", "mode"], "gap").dropna(subset=["mean"])
+    tests, lines = [], []
+    for (source, arch, eps), d in gs.groupby(["source", "arch", "eps"], sort=False):
+        d = d[d["target"] != source]
+        wide = d.pivot_table(index="target", columns="mode", values="mean").dropna()
+        if wide.shape[1] < 2 or wide.empty:
+            continue
+        first, last = wide.columns.min(), wide.columns.max()
+        t = mean_test(wide[first].abs() - wide[last].abs(), +1, "targets",
+                      f"{source} ({arch}) eps {eps:g}: |gap| mode {first} − |gap| mode {last} [points]")
+        tests.append(t)
+        lines.append(t.text() + "; mean |gap| per mode: "
+                     + ", ".join(f"mode {m}: {wide[m].abs().mean():.2f}" for m in wide.columns))
+    return _decide(tests, lines, "no target transferred in two or more modes")
+
+
+def claim7(c: Ctx) -> Finding:
     t = c.res.transfers.dropna(subset=["top1"])
     on = KEY_COLS + ["target"]
     m = t[t["mode"] == 0][on + ["top1"]].merge(t[t["mode"] == 1][on + ["top1"]], on=on, suffixes=("_0", "_1"))
-    if m.empty:
-        return NOT_TESTED, "no transfer run in both mode 0 and mode 1"
-    m["boost"] = m["top1_1"] - m["top1_0"]
-    verdicts, ev = [], []
+    tests, lines = [], []
     for (source, arch), d in m.groupby(["source", "arch"], sort=False):
-        per_target = d.groupby("target")["boost"].mean()
-        v, txt = judge(per_target, +1, c.noise)
-        verdicts.append(v)
-        ev.append(f"{source} ({arch}) top1(mode 1) - top1(mode 0), robust and standard backbones: "
-                  + ", ".join(f"{k} {x:+.2f}" for k, x in per_target.items()) + f"; over targets {txt} [{v}]")
-    if len(verdicts) < 2:
-        ev.append("'most for simple sources' needs two or more sources: not assessed")
-    return combine(verdicts), "; ".join(ev)
+        per_target = (d["top1_1"] - d["top1_0"]).groupby(d["target"]).mean()
+        test = mean_test(per_target, +1, "targets",
+                         f"{source} ({arch}) top1(mode 1) − top1(mode 0), mean over backbones and seeds [points]")
+        tests.append(test)
+        lines.append(test.text() + "; per target: " + ", ".join(f"{k} {x:+.2f}" for k, x in per_target.items()))
+    if len(tests) == 1:
+        lines.append("'most for simple sources' needs two or more sources: not assessed")
+    return _decide(tests, lines, "no transfer run in both mode 0 and mode 1")
 
 
-def claim8(c: Ctx) -> tuple[str, str]:
-    gs = mean_std(gap_frame(c.res.transfers), ["source", "arch", "eps", "target", "mode"], "gap")
-    gs = gs[gs["mean"].notna()]
-    verdicts, ev = [], []
+def claim8(c: Ctx) -> Finding:
+    gs = mean_std(gap_frame(c.res.transfers), ["source", "arch", "eps", "target", "mode"], "gap").dropna(subset=["mean"])
+    tests, lines = [], []
     for source, d in gs.groupby("source", sort=False):
         archs = sorted(d["arch"].unique(), key=lambda a: ARCH_SIZE.get(a, 99))
         for small, large in zip(archs, archs[1:]):
             if ARCH_SIZE.get(small) == ARCH_SIZE.get(large):
                 continue
-            m = d[d["arch"] == small].merge(d[d["arch"] == large], on=["eps", "target", "mode"],
-                                            suffixes=("_s", "_l"))
+            m = d[d["arch"] == small].merge(d[d["arch"] == large], on=["eps", "target", "mode"], suffixes=("_s", "_l"))
+            m = m[m["target"] != source]
             if m.empty:
                 continue
-            diff = m["mean_l"] - m["mean_s"]
-            v, txt = judge(diff, +1, c.noise)
-            verdicts.append(v)
-            ev.append(f"{source}: gap({large}) - gap({small}) per (target, mode): "
-                      + ", ".join(f"{r['target']}/m{r['mode']} {r['mean_s']:+.1f}->{r['mean_l']:+.1f}"
-                                  for _, r in m.iterrows())
-                      + f"; {txt} [{v}] (narrowing where standard wins and widening where robust wins both "
-                        "mean gap(large) > gap(small))")
-    if not ev:
-        return NOT_TESTED, "no source transferred with two architectures of different size"
-    return combine(verdicts), "; ".join(ev)
+            t = mean_test((m["mean_l"] - m["mean_s"]).groupby(m["target"]).mean(), +1, "targets",
+                          f"{source}: gap({large}) − gap({small})")
+            tests.append(t)
+            lines.append(t.text() + " (narrowing where standard wins and widening where robust wins both mean "
+                         "gap(large) > gap(small))")
+    archs = sorted(c.res.transfers["arch"].unique())
+    return _decide(tests, lines, f"needs one source transferred with two architectures of different size; this "
+                   f"run has {', '.join(archs) or 'none'}")
 
 
-def _per_eps_trend(df: pd.DataFrame, col: str, expect: int, label: str, noise: float = 0.0
-                   ) -> tuple[list[str], list[str]]:
-    verdicts, ev = [], []
-    d = df.dropna(subset=[col]) if col in df else df.iloc[0:0]
-    for (source, arch), g in d.groupby(["source", "arch"], sort=False):
-        m = g.groupby("eps")[col].mean()
-        v, txt = _trend(m.index.to_numpy(float), m.to_numpy(float), expect, noise)
-        if v != NOT_TESTED:
-            verdicts.append(v)
-            ev.append(f"{source} ({arch}) {label} (mean over seeds): {txt} [{v}]")
-    return verdicts, ev
+def claim15(c: Ctx) -> Finding:
+    t = c.res.transfers
+    pgd = [k for k in t.columns if k.startswith("pgd_acc_")]
+    if not pgd or t[pgd].notna().sum().sum() == 0:
+        return Finding(NOT_TESTABLE, ["no PGD accuracy of transferred models"])
+    on = ["source", "arch", "target", "mode", "seed"]
+    t = t.assign(pgd_mean=t[pgd].mean(axis=1))
+    m = t[t["eps"] > 0][on + ["eps", "pgd_mean"]].merge(t[t["eps"] == 0][on + ["pgd_mean"]], on=on, suffixes=("_r", "_s"))
+    m = m[m["target"] != m["source"]].dropna(subset=["pgd_mean_r", "pgd_mean_s"])
+    tests, lines = [], []
+    for (source, arch, eps, mode), d in m.groupby(["source", "arch", "eps", "mode"]):
+        per_target = (d["pgd_mean_r"] - d["pgd_mean_s"]).groupby(d["target"]).mean()
+        test = mean_test(per_target, +1, "targets", f"{source} ({arch}) eps {eps:g} mode {mode}: PGD accuracy "
+                         f"robust − standard backbone (mean over test eps {', '.join(k[8:] for k in pgd)}) [points]")
+        (tests if mode == m["mode"].min() else []).append(test)
+        lines.append(test.text() + "; per target: " + ", ".join(f"{k} {x:+.1f}" for k, x in per_target.items()))
+    return _decide(_by_n(tests), lines, "no robust/standard pair of transferred models with PGD accuracy")
 
 
-def claim9(c: Ctx) -> tuple[str, str]:
-    v, ev = _per_eps_trend(c.res.fisher, "log_variance_mean", +1, "mean log-variance of Σ*")
-    return (combine(v), "; ".join(ev)) if ev else (NOT_TESTED, "no Fisher summaries for two or more eps")
+# ----------------------------------------------------------------------------- information claims
+
+
+def claim9(c: Ctx) -> Finding:
+    f = c.res.fisher
+    tests = [t for *_, t in _paired(f, "log_variance_mean", +1, "mean log-variance of Σ*")]
+    lines = [f"mean log-variance of Σ* by eps: {_per_eps_means(f, 'log_variance_mean')}"]
+    lines += [t.text() for t in _by_n(tests)]
+    found = _decide(_by_n(tests), [], "no Fisher summaries of eps 0 and eps > 0 models of the same seed")
+    sweep = c.res.fisher_sweep
+    verdicts = [found.verdict]
+    for budget, s in sweep.groupby("loss_budget"):
+        st = _by_n([t for *_, t in _paired(s, "log_variance_mean", +1, f"log-variance at budget {budget:g} nats")])
+        if st:
+            verdicts.append(_decide(st, [], "").verdict)
+            lines.append(f"sensitivity: {st[0].text()}")
+    if "loss_increase" in f and f["loss_increase"].notna().any():
+        lines.append("calibration: measured training-loss increase under one draw of Q* by eps (budget "
+                     f"{f['loss_budget'].iloc[0]:g} nats): {_per_eps_means(f, 'loss_increase', '.3g')}")
+    if found.verdict != NOT_TESTABLE and len(set(verdicts)) > 1:
+        lines.append("the verdict changes across the β sweep: it hinges on β, so it is inconclusive")
+        return Finding(INCONCLUSIVE, lines, found.test)
+    return Finding(found.verdict, lines if found.verdict != NOT_TESTABLE else found.lines, found.test)
 
 
 def _final_norms(res: Results) -> pd.DataFrame:
@@ -280,147 +295,142 @@ def _final_norms(res: Results) -> pd.DataFrame:
     return res.sources.dropna(subset=["weight_norm"])
 
 
-def claim10(c: Ctx) -> tuple[str, str]:
+def claim10(c: Ctx) -> Finding:
     f = _final_norms(c.res)
-    verdicts, ev = [], []
-    for (source, arch), g in f.groupby(["source", "arch"], sort=False):
-        m = g.groupby("eps")["weight_norm"].mean()
-        if 0.0 not in m.index or len(m) < 2:
-            continue
-        rel = m / m[0.0] - 1
-        low, high = rel[(rel.index > 0) & (rel.index <= 1)], rel[rel.index > 1]
-        text = ", ".join(f"eps {e:g}: {m[e]:.4g} ({r:+.1%})" for e, r in rel.items())
-        if (low < -NORM_TOL).any() or (high > -NORM_TOL).any():
-            v = FAILS
-        elif high.empty:
-            v = INCONCLUSIVE
-            text += (f"; no eps > 1 run: only the low regime is tested (|change| within {NORM_TOL:.0%} "
-                     "or up, as claimed), the fall above eps 1 is not")
-        else:
-            v = HOLDS
-        verdicts.append(v)
-        ev.append(f"{source} ({arch}) final ‖w‖ (relative to eps 0): {text} [{v}]")
-    return (combine(verdicts), "; ".join(ev)) if ev else (NOT_TESTED, "no weight norms for eps 0 and eps > 0")
+    rel = [(eps, t) for _, _, eps, t in _paired(f, "weight_norm", -1, "log ‖w‖", log=True)]
+    lines = [f"final ‖w‖ by eps: {_per_eps_means(f, 'weight_norm')}"] + [t.text() for _, t in rel]
+    if not rel:
+        return Finding(NOT_TESTABLE, ["no weight norms of eps 0 and eps > 0 models of the same seed"])
+    low = [t for e, t in rel if e <= 1 and t.n >= MIN_UNITS]
+    high = _by_n([t for e, t in rel if e > 1])
+    if any(t.verdict == HOLDS for t in low):  # a significant fall at eps <= 1 contradicts "only above ~1"
+        return Finding(FAILS, lines + ["‖w‖ falls significantly already at eps ≤ 1"], low[0])
+    if not high or high[0].n < MIN_UNITS:
+        lines.append(f"the fall above eps 1 needs ≥ {MIN_UNITS} paired seeds at an eps > 1; this run has "
+                     f"{high[0].n if high else 0}")
+        return Finding(INCONCLUSIVE, lines, high[0] if high else rel[0][1])
+    return Finding(high[0].verdict, lines, high[0])
 
 
-def claim11(c: Ctx) -> tuple[str, str]:
+def claim11(c: Ctx) -> Finding:
     r = c.res.representation
-    v1, e1 = _per_eps_trend(r, "knn_acc", -1, "kNN accuracy [%]", c.noise)
-    v2, e2 = _per_eps_trend(r, "silhouette", -1, "silhouette")
-    if not (e1 or e2):
-        return NOT_TESTED, "no representation summaries for two or more eps"
-    return combine(v1 + v2), "; ".join(e1 + e2)
+    knn = _by_n([t for *_, t in _paired(r, "knn_acc", -1, "kNN accuracy [points]")])
+    sil = _by_n([t for *_, t in _paired(r, "silhouette", -1, "silhouette")])
+    lines = [f"kNN accuracy by eps: {_per_eps_means(r, 'knn_acc', '.1f')}; silhouette by eps: "
+             f"{_per_eps_means(r, 'silhouette', '.3f')}"] + [t.text() for t in knn + sil]
+    f1 = _decide(knn, [], "no representation summaries of eps 0 and eps > 0 models of the same seed")
+    f2 = _decide(sil, [], "")
+    if f1.verdict == NOT_TESTABLE:
+        return f1
+    return Finding(combine([f1.verdict, f2.verdict]), lines, f1.test)
 
 
-def claim12(c: Ctx) -> tuple[str, str]:
-    f = c.res.fisher.dropna(subset=["lambda1", "trace_over_n"])
-    if f.empty:
-        return NOT_TESTED, "no input-Fisher estimates"
-    ok = f["trace_over_n"] <= f["lambda1"]
-    text = ", ".join(f"{r['source']} eps {r['eps']:g} s{r['seed']}: tr/n {r['trace_over_n']:.3g} vs λ1 "
-                     f"{r['lambda1']:.3g}" for _, r in f.iterrows())
-    return (HOLDS if ok.all() else FAILS), f"{int(ok.sum())}/{len(f)} models have tr(S)/n ≤ λ1 ({text})"
+def claim12(c: Ctx) -> Finding:
+    """AT vs Gaussian noise at the same eps: log lambda1(AT) - log lambda1(GN) per seed, expected < 0."""
+    at, gn = c.res.fisher.dropna(subset=["lambda1"]), c.res.gaussian_fisher.dropna(subset=["lambda1"])
+    lines = ["tr(S)/n ≤ λ1(S) holds for every positive semi-definite S (linear algebra, not evidence); what the "
+             "paper argues is that AT lowers λ1 more than Gaussian noise of the same norm does"]
+    both = pd.concat([at.assign(objective="AT"), gn.assign(objective="GN")], ignore_index=True)
+    if not both.empty:
+        both = both.assign(ratio=both["lambda1"] / both["trace_over_n"])
+        lines.append("n·λ1/tr(S) (how concentrated the input Fisher is) per model: " + ", ".join(
+            f"{r['objective']} eps {r['eps']:g} s{r['seed']}: {r['ratio']:.3g}" for _, r in both.iterrows()))
+    tests = []
+    for (source, arch, eps), g in gn[gn["eps"] > 0].groupby(["source", "arch", "eps"]):
+        a = at[(at["source"] == source) & (at["arch"] == arch) & (at["eps"] == eps)].groupby("seed")["lambda1"].mean()
+        b = g.groupby("seed")["lambda1"].mean()
+        common = a.index.intersection(b.index)
+        if len(common):
+            t = mean_test(np.log(a[common]) - np.log(b[common]), -1, "seeds",
+                          f"{source} ({arch}) eps {eps:g}: log λ1(AT) − log λ1(Gaussian noise)")
+            tests.append(t)
+            lines.append(t.text() + f" (λ1 ratio AT/GN {np.exp(t.effect):.3g})")
+    return _decide(_by_n(tests), lines, "needs models trained with Gaussian noise (train_schedules.<name>.objective: "
+                   "gaussian) and adversarially at the same eps and seeds, both with the fisher analysis")
 
 
-def claim13(c: Ctx) -> tuple[str, str]:
+def claim13(c: Ctx) -> Finding:
     inv = inversion_table(c.res)
     var = inv[inv["method"] == "variational"] if not inv.empty else inv
     if var.empty or var["plain_final_loss"].isna().all():
-        return NOT_TESTED, "no plain and variational inversion curves of the same model"
-    ratios = var["ratio"].fillna(0.0)  # never reaching plain's final loss counts as no speed-up
-    med = float(ratios.median())
-    v = HOLDS if med >= SPEEDUP else FAILS if med < 1 else INCONCLUSIVE
-    text = ", ".join(f"{r['source']} eps {r['eps']:g} s{r['seed']}: "
-                     + (f"{int(r['steps_to_plain_final'])} vs {int(r['plain_steps'])} steps (x{r['ratio']:.1f})"
-                        if np.isfinite(r["ratio"]) else "never reached")
-                     for _, r in var.iterrows())
-    return v, (f"steps variational inversion needs to reach plain's final loss vs plain's steps: {text}; median "
-               f"ratio x{med:.1f} (paper: ~x40; 'much faster' here means ≥ x{SPEEDUP:g})")
+        return Finding(NOT_TESTABLE, ["no plain and variational inversion curves of the same model"])
+    lines = [", ".join(f"{r['source']} eps {r['eps']:g} s{r['seed']}: plain needs {int(r['plain_steps'])} steps, "
+                       + (f"variational {int(r['steps_to_plain_final'])} (x{r['ratio']:.1f})"
+                          if np.isfinite(r["ratio"]) else "variational never reaches it") for _, r in var.iterrows())]
+    if not var["plain_converged"].eq(False).any():
+        lines.append("plain inversion converged within its budget for every model (its loss stopped falling), so "
+                     "'reaches plain's final loss faster' compares against a plateau; raise invert.steps")
+    # log(plain steps / variational steps); never reaching plain's final loss counts as no speed-up (0).
+    logr = np.log(var["ratio"].fillna(1.0).clip(lower=1e-9))
+    t = mean_test(logr, +1, "models", "log(steps plain / steps variational) to plain's final loss")
+    lines.append(t.text() + f" (geometric-mean speed-up x{np.exp(t.effect):.2f}; paper: ~x40)")
+    return _decide([t], lines, "")
 
 
-def claim14(c: Ctx) -> tuple[str, str]:
-    inv = inversion_table(c.res)
-    quality = [k for k in ("psnr", "ssim", "pixel_mse") if k in inv.columns and inv[k].notna().any()]
-    if not quality:
-        rel = ""
-        if not inv.empty:
-            p = inv[inv["method"] == "plain"].groupby("eps").apply(
-                lambda d: (d["final_loss"] / d["initial_loss"]).mean(), include_groups=False)
-            rel = "; for context, plain final/initial L_inv by eps: " + ", ".join(
-                f"{e:g}: {x:.3g}" for e, x in p.items())
-        return NOT_TESTED, ("no pixel-space quality measure of reconstructions against the original images in "
-                            "the inversion summaries (psnr, ssim or pixel_mse); L_inv is measured in each "
-                            "model's own feature space, so it does not compare quality across eps" + rel)
-    key = quality[0]
-    better = -1 if key == "pixel_mse" else +1
-    verdicts, ev = [], []
-    for (source, arch, method), d in inv.dropna(subset=[key]).groupby(["source", "arch", "method"]):
-        m = d.groupby("eps")[key].mean()
-        if len(m) < 3:
+def claim14(c: Ctx) -> Finding:
+    img = inversion_images(c.res)
+    if img.empty:
+        return Finding(NOT_TESTABLE, ["no per-image pixel-space quality (PSNR/SSIM) of reconstructions"])
+    tests, lines = [], []
+    for (source, arch, seed, method), d in img.groupby(["source", "arch", "seed", "method"]):
+        wide = d.pivot_table(index="image", columns="eps", values="psnr").dropna()
+        eps = sorted(wide.columns)
+        if len(eps) < 3 or len(wide) < 2 * MIN_UNITS:
             continue
-        best = m.idxmax() if better > 0 else m.idxmin()
-        v = HOLDS if m.index.min() < best < m.index.max() else FAILS
-        verdicts.append(v)
-        ev.append(f"{source} ({arch}) {method} {key} by eps: "
-                  + ", ".join(f"{e:g}: {x:.3g}" for e, x in m.items()) + f"; best eps {best:g} [{v}]")
-    if not ev:
-        return NOT_TESTED, f"{key} available for fewer than 3 eps"
-    return combine(verdicts), "; ".join(ev)
+        # The optimum is picked on the even-indexed images and tested on the odd ones, so the
+        # selection does not inflate the test.
+        pick, test = wide.iloc[::2], wide.iloc[1::2]
+        best = max(eps[1:-1], key=lambda e: pick[e].mean())
+        edge = np.minimum(test[best] - test[eps[0]], test[best] - test[eps[-1]])
+        t = mean_test(edge, +1, "images", f"{source} ({arch}) {method}: PSNR(eps {best:g}) − max(PSNR(eps "
+                      f"{eps[0]:g}), PSNR(eps {eps[-1]:g})) [dB]")
+        tests.append(t)
+        lines.append(t.text() + "; mean PSNR by eps: " + ", ".join(f"{e:g}: {wide[e].mean():.2f}" for e in eps)
+                     + f"; optimum eps {best:g} chosen on {len(pick)} held-out images")
+    return _decide(tests, lines, "needs per-image PSNR of reconstructions for 3 or more eps and at least "
+                   f"{2 * MIN_UNITS} images")
 
 
-def claim15(c: Ctx) -> tuple[str, str]:
-    t = c.res.transfers
-    pgd = [k for k in t.columns if k.startswith("pgd_acc_")]
-    if not pgd or t[pgd].notna().sum().sum() == 0:
-        return NOT_TESTED, "no PGD accuracy of transferred models"
-    on = ["source", "arch", "target", "mode", "seed"]
-    st = t[t["eps"] == 0][on + pgd]
-    rob = t[t["eps"] > 0][on + ["eps"] + pgd]
-    m = rob.merge(st, on=on, suffixes=("_r", "_s"))
-    m["diff"] = pd.DataFrame(m[[f"{k}_r" for k in pgd]].to_numpy() - m[[f"{k}_s" for k in pgd]].to_numpy()).mean(axis=1)
-    verdicts, ev = [], []
-    for (source, arch, eps, mode), d in m.dropna(subset=["diff"]).groupby(["source", "arch", "eps", "mode"]):
-        per_target = d.groupby("target")["diff"].mean()
-        v, txt = judge(per_target, +1, c.noise)
-        if mode == d["mode"].min():
-            verdicts.append(v)
-        ev.append(f"{source} ({arch}) eps {eps:g} mode {mode}: PGD acc robust - standard (mean over test eps "
-                  f"{', '.join(k[8:] for k in pgd)}): " + ", ".join(f"{k} {x:+.1f}" for k, x in per_target.items())
-                  + f"; {txt} [{v}]")
-    if not ev:
-        return NOT_TESTED, "no robust/standard pair with PGD accuracy"
-    return combine(verdicts), "; ".join(ev)
-
-
-CHECKS: dict[int, Callable[[Ctx], tuple[str, str]]] = {
+CHECKS: dict[int, Callable[[Ctx], Finding]] = {
     1: claim1, 2: claim2, 3: claim3, 4: claim4, 5: claim5, 6: claim6, 7: claim7, 8: claim8, 9: claim9,
     10: claim10, 11: claim11, 12: claim12, 13: claim13, 14: claim14, 15: claim15,
 }
 
 
-def check_claims(res: Results, noise: float = 2.0, near_far: float = 0.5, n_boot: int = 1000,
-                 claims_md: str | Path = CLAIMS_MD) -> pd.DataFrame:
-    """One row per claim: claim, statement, paper, verdict, evidence."""
-    ctx = Ctx(res, noise, near_far, n_boot)
+def check_claims(res: Results, n_boot: int = 1000, claims_md: str | Path = CLAIMS_MD) -> pd.DataFrame:
+    """One row per claim: claim, statement, paper, verdict, effect, lo, hi, n, unit, test, evidence."""
+    ctx = Ctx(res, n_boot)
     rows = []
     for _, cl in load_claims(claims_md).iterrows():
         fn = CHECKS.get(int(cl["claim"]))
-        verdict, evidence = fn(ctx) if fn else (NOT_TESTED, "no check implemented for this claim")
+        f = fn(ctx) if fn else Finding(NOT_TESTABLE, ["no check implemented for this claim"])
+        t = f.test
         rows.append({"claim": int(cl["claim"]), "statement": cl["statement"], "paper": cl["paper"],
-                     "verdict": verdict, "evidence": evidence})
+                     "verdict": f.verdict, "effect": t.effect if t else np.nan, "lo": t.lo if t else np.nan,
+                     "hi": t.hi if t else np.nan, "n": t.n if t else 0, "unit": t.unit if t else "",
+                     "test": (t.method + (f" ({t.label})" if t.label else "")) if t else "",
+                     "evidence": "; ".join(f.lines)})
     return pd.DataFrame(rows)
 
 
-def claims_markdown(claims: pd.DataFrame, noise: float) -> str:
-    head = ("# Claims check\n\nEvery claim of the paper (atlib/reference/claims.md) judged on this run's results.\n"
-            f"Verdicts: **{HOLDS}**; **{FAILS}**; **{INCONCLUSIVE}** (the effect is within noise: |difference| < "
-            f"{noise:g} points, or its 95% interval includes 0, or the run's sources/archs/eps disagree); "
-            f"**{NOT_TESTED}** (this run has no data for it). Gaps are top1(robust) - top1(standard) in points, "
-            "mean ± std over seeds; intervals over targets are t-intervals, correlation intervals bootstrap.\n\n")
+def effect_text(r) -> str:
+    """'+1.2 [95% CI +0.3, +2.1]' or '—'."""
+    if not np.isfinite(r["effect"]):
+        return "—"
+    ci = f" [{r['lo']:+.3g}, {r['hi']:+.3g}]" if np.isfinite(r["lo"]) and np.isfinite(r["hi"]) else " [no CI]"
+    return f"{r['effect']:+.3g}{ci}"
+
+
+def claims_markdown(claims: pd.DataFrame) -> str:
+    head = ("# Claims check\n\nEvery claim of the paper (atlib/reference/claims.md) judged on this run's results.\n\n"
+            f"**The verdict rule.** {RULE}\n\nGaps are top1(robust) − top1(standard) in points; the source is never "
+            "counted as a target.\n\n")
     counts = claims["verdict"].value_counts()
     head += "Summary: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".\n\n"
-    lines = ["| # | claim | paper | verdict | evidence |", "|---|---|---|---|---|"]
+    lines = ["| # | claim | paper | verdict | effect [95% CI] | n | test | evidence |",
+             "|---|---|---|---|---|---|---|---|"]
     for _, r in claims.iterrows():
-        cells = [str(r["claim"]), r["statement"], r["paper"], f"**{r['verdict']}**", r["evidence"]]
+        cells = [r["claim"], r["statement"], r["paper"], f"**{r['verdict']}**", effect_text(r),
+                 f"{r['n']} {r['unit']}".strip() if r["n"] else "—", r["test"] or "—", r["evidence"]]
         lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
     return head + "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .load import KEY_COLS, Results  # noqa: E402
-from .stats import correlation, gap_distance_points, gap_frame, mean_std  # noqa: E402
+from .stats import correlation, gap_distance_points, gap_frame, mean_std, standard_distance  # noqa: E402
 
 log = logging.getLogger("atlib.report")
 
@@ -33,7 +33,18 @@ def _ci_text(c: dict, name: str, sym: str) -> str:
     if not np.isfinite(c[name]):
         return f"{sym} n/a (n={c['n']})"
     ci = f" [{c[name + '_lo']:+.2f}, {c[name + '_hi']:+.2f}]" if np.isfinite(c[name + "_lo"]) else ""
-    return f"{sym}={c[name]:+.2f}{ci}"
+    return f"{sym}={c[name]:+.2f}{ci} p={c[name + '_p']:.2g}"
+
+
+def _source_reference(ax, res: Results, source: str, arch: str, mode: int) -> None:
+    """The source transferred to itself: drawn hollow at its own distance, never counted as a target."""
+    t = res.transfers[(res.transfers["source"] == source) & (res.transfers["arch"] == arch)
+                      & (res.transfers["target"] == source) & (res.transfers["mode"] == mode)]
+    g = mean_std(gap_frame(t), ["eps"], "gap").dropna(subset=["mean"])
+    d = standard_distance(res.distances, source, arch).get(source, 0.0)
+    for i, (_, r) in enumerate(g.iterrows()):
+        ax.errorbar([d], [r["mean"]], yerr=[0 if np.isnan(r["std"]) else r["std"]], fmt="o", mfc="none",
+                    color=f"C{i}", capsize=3, label=f"{source} itself, eps {r['eps']:g} (reference, not counted)")
 
 
 def gap_vs_distance(res: Results, source: str, arch: str, mode: int, n_boot: int, out: Path,
@@ -57,11 +68,12 @@ def gap_vs_distance(res: Results, source: str, arch: str, mode: int, n_boot: int
         if lost:
             log.warning("gap vs distance %s %s mode %d eps %g: no gap or distance for %s", source, arch, mode,
                         eps, lost)
+    _source_reference(ax, res, source, arch, mode)
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel(f"EMD from {source} (standard {arch} features)")
     ax.set_ylabel("gap top1(robust) - top1(standard) [points]")
-    ax.set_title(f"{source} ({arch}), mode {mode}: gap vs task distance\n"
-                 f"95% bootstrap CI over targets ({n_boot} resamples) in brackets", fontsize=9)
+    ax.set_title(f"{source} ({arch}), mode {mode}: gap vs task distance (the source is not a target)\n"
+                 f"95% bootstrap CI over targets ({n_boot} resamples) in brackets, permutation p", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     paths: list[Path] = []
     for stem in stems:

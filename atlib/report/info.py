@@ -20,11 +20,27 @@ def information_table(res: Results) -> pd.DataFrame:
     return out.sort_values(["source", "arch", "seed", "eps"]).reset_index(drop=True)
 
 
+PLATEAU_TAIL, PLATEAU_DROP = 0.2, 0.01
+
+
+def plateaued(loss: np.ndarray) -> bool:
+    """True when the loss fell by less than 1% (relative) over the last 20% of the steps: the
+    optimizer has converged within its budget, and a faster method can only tie with it."""
+    k = int(len(loss) * (1 - PLATEAU_TAIL))
+    start = float(loss[min(k, len(loss) - 1)])
+    return bool(start <= 0 or (start - float(loss[-1])) / start < PLATEAU_DROP)
+
+
+def inversion_images(res: Results) -> pd.DataFrame:
+    """Per model, method and test image: PSNR and SSIM of the reconstruction (rows with a value)."""
+    return res.invert_images.dropna(subset=["psnr"]).reset_index(drop=True)
+
+
 def inversion_table(res: Results) -> pd.DataFrame:
     """Per model and method: final loss, and the steps a method needs to reach the loss plain
     inversion reaches with its whole budget (`ratio` = plain's steps / the method's steps)."""
     cols = KEY_COLS + ["method", "final_loss", "initial_loss", "plain_final_loss", "plain_steps",
-                       "steps_to_plain_final", "ratio"]
+                       "steps_to_plain_final", "ratio", "plain_converged"]
     c = res.invert_curves
     rows = []
     for key, g in c.groupby(KEY_COLS, sort=False):
@@ -35,6 +51,7 @@ def inversion_table(res: Results) -> pd.DataFrame:
             if plain is not None:
                 s = speedup_vs_plain(plain, loss)
                 row.update(plain_final_loss=s["plain_final_loss"], plain_steps=s["plain_steps"],
+                           plain_converged=plateaued(plain),
                            steps_to_plain_final=np.nan if s["steps"] is None else s["steps"],
                            ratio=np.nan if s["ratio"] is None else s["ratio"])
             rows.append(row)

@@ -75,6 +75,8 @@ class Results:
     tsne: pd.DataFrame
     invert: pd.DataFrame
     invert_curves: pd.DataFrame
+    fisher_sweep: pd.DataFrame
+    invert_images: pd.DataFrame
     missing: list[str] = field(default_factory=list)
 
     def experiment_groups(self) -> list[tuple[str, str]]:
@@ -195,16 +197,13 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
         if h is not None:
             thist.append(h.assign(**_key_cols(key), target=target, mode=int(mode)))
 
-    fisher, rep, tsne = [], [], []
+    fisher, sweep, rep, tsne = [], [], [], []
     for key in jobs.analyses["fisher"]:
         f = rd.json(f"fisher/{key.path}/summary.json", "Fisher summary")
         row = _key_cols(key)
         if f is not None:
-            inp = f.get("input_fisher") or {}
-            row.update(log_variance_mean=f.get("log_variance_mean", np.nan), kl_total=f.get("kl_total", np.nan),
-                       fisher_trace=f.get("fisher_trace", np.nan), fisher_weight_norm=f.get("weight_norm", np.nan),
-                       lambda1=inp.get("lambda1", np.nan), trace=inp.get("trace", np.nan),
-                       trace_over_n=inp.get("trace_over_n", np.nan), n_input=inp.get("n", np.nan))
+            row.update(_fisher_row(f))
+            sweep += [{**_key_cols(key), **s} for s in f.get("sweep", [])]
         fisher.append(row)
     for key in jobs.analyses["representation"]:
         r = rd.json(f"representation/{key.path}/summary.json", "representation summary")
@@ -218,7 +217,7 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
             if t is not None:
                 tsne.append(t.assign(**_key_cols(key)))
 
-    inv, curves = [], []
+    inv, curves, images = [], [], []
     for key in jobs.analyses["invert"]:
         for method in jobs.invert_methods:
             c = rd.csv(f"invert/{key.path}/{method}/curve.csv", "inversion curve", ("step", "loss"))
@@ -228,6 +227,7 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
             s = json.loads(s_path.read_text()) if s_path.exists() else {}
             inv.append({**_key_cols(key), "method": method,
                         **{k: v for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+            images += _image_rows(s, {**_key_cols(key), "method": method})
 
     return Results(
         config=config,
@@ -243,8 +243,28 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
         invert=_frame(inv, KEY_COLS + ["method", "final_loss"]),
         invert_curves=(pd.concat(curves, ignore_index=True) if curves
                        else _frame([], KEY_COLS + ["method", "step", "loss"])),
+        fisher_sweep=_frame(sweep, KEY_COLS + ["loss_budget", "beta", "log_variance_mean", "kl_total"]),
+        invert_images=_frame(images, KEY_COLS + ["method", "image", "psnr", "ssim"]),
         missing=rd.missing,
     )
+
+
+def _fisher_row(f: dict) -> dict:
+    """The numbers of one fisher summary.json: weight Fisher, calibration, input Fisher."""
+    inp, post = f.get("input_fisher") or {}, f.get("posterior") or {}
+    return dict(log_variance_mean=f.get("log_variance_mean", np.nan), kl_total=f.get("kl_total", np.nan),
+                fisher_trace=f.get("fisher_trace", np.nan), fisher_weight_norm=f.get("weight_norm", np.nan),
+                loss_budget=post.get("loss_budget", np.nan), beta=post.get("beta", np.nan),
+                loss_increase=post.get("loss_increase", np.nan), clean_acc=post.get("clean_acc", np.nan),
+                noisy_acc=post.get("noisy_acc", np.nan),
+                lambda1=inp.get("lambda1", np.nan), trace=inp.get("trace", np.nan),
+                trace_over_n=inp.get("trace_over_n", np.nan), n_input=inp.get("n", np.nan))
+
+
+def _image_rows(summary: dict, key: dict) -> list[dict]:
+    """Per-image pixel-space quality of an inversion summary (test images, in a fixed order)."""
+    psnr, ssim = summary.get("psnr_per_image") or [], summary.get("ssim_per_image") or []
+    return [{**key, "image": i, "psnr": p, "ssim": s} for i, (p, s) in enumerate(zip(psnr, ssim))]
 
 
 def _tsne_frame(df: pd.DataFrame, path: Path) -> pd.DataFrame | None:

@@ -1,12 +1,170 @@
-"""Gaps, correlations with bootstrap intervals, and the verdict rule of the claims check."""
+"""Gaps, tests with 95% intervals, and THE verdict rule of the claims check.
+
+The rule (stated once, here, and printed at the top of claims.md): a claim "holds" or "does not
+hold" only with at least MIN_UNITS independent units (seeds, targets or images) and a 95% interval
+that excludes 0 on the expected or the opposite side; a correlation also needs its permutation
+p-value below 0.05. Everything else is "inconclusive"; a claim the run has no data for is "not
+testable here", with the reason.
+"""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 GROUP = ["source", "arch", "target", "mode"]
+HOLDS, FAILS, INCONCLUSIVE, NOT_TESTABLE = "holds", "does not hold", "inconclusive", "not testable here"
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_TESTABLE)
+MIN_UNITS = 3
+LEVEL = 0.95
+ALPHA = 0.05
+EXACT_PERMUTATIONS_UP_TO = 8  # n! permutations enumerated exactly up to n = 8 (40,320); Monte Carlo beyond
+MC_PERMUTATIONS = 9999
+
+RULE = (f"**{HOLDS}** / **{FAILS}** only with at least {MIN_UNITS} independent units (seeds, targets or images, "
+        f"named on each line) and a {LEVEL:.0%} interval that excludes 0 on the expected / the opposite side; a "
+        f"correlation also needs its permutation p-value < {ALPHA:g} (exact over all permutations up to n = "
+        f"{EXACT_PERMUTATIONS_UP_TO}, {MC_PERMUTATIONS} Monte Carlo permutations beyond). Everything else is "
+        f"**{INCONCLUSIVE}**. **{NOT_TESTABLE}**: this run has no data that could test the claim (the reason is "
+        "given). Mean effects use the t-interval over units (scipy.stats.ttest_1samp); correlations are Spearman's "
+        "rho with a paired percentile bootstrap interval (scipy.stats.bootstrap) and a permutation test "
+        "(scipy.stats.permutation_test).")
+
+
+def verdict(lo: float, hi: float, n: int, expect: int, p: float = math.nan) -> str:
+    """The verdict rule. expect: +1 / -1 (the claimed sign), or 0 (claimed: "differs from 0")."""
+    if n < MIN_UNITS or not (math.isfinite(lo) and math.isfinite(hi)):
+        return INCONCLUSIVE
+    side = 1 if lo > 0 else -1 if hi < 0 else 0
+    if side == 0 or (math.isfinite(p) and p >= ALPHA):
+        return INCONCLUSIVE
+    return HOLDS if expect == 0 or side == expect else FAILS
+
+
+@dataclass(frozen=True)
+class Test:
+    """One line of evidence: an effect, its 95% interval over n independent units, and the test."""
+
+    label: str
+    effect: float
+    lo: float
+    hi: float
+    n: int
+    unit: str
+    method: str
+    expect: int
+    p: float = math.nan
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.lo, self.hi, self.n, self.expect, self.p)
+
+    @property
+    def half_width(self) -> float:
+        return (self.hi - self.lo) / 2
+
+    def interval(self) -> str:
+        if not (math.isfinite(self.lo) and math.isfinite(self.hi)):
+            return "no interval"
+        return f"[{LEVEL:.0%} CI {self.lo:+.3g}, {self.hi:+.3g}]"
+
+    def text(self) -> str:
+        p = f", p={self.p:.3g}" if math.isfinite(self.p) else ""
+        few = f" (fewer than {MIN_UNITS} units)" if self.n < MIN_UNITS else ""
+        return (f"{self.label} {self.effect:+.3g} {self.interval()}, n={self.n} {self.unit}{few}, "
+                f"{self.method}{p} [{self.verdict}]")
+
+
+def mean_test(values, expect: int, unit: str, label: str) -> Test:
+    """Mean of `values` (one per independent unit) with its 95% t-interval and t-test p-value."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    m = float(v.mean()) if n else math.nan
+    lo = hi = p = math.nan
+    if n >= 2 and np.ptp(v) > 0:
+        r = stats.ttest_1samp(v, 0.0)
+        ci = r.confidence_interval(LEVEL)
+        lo, hi, p = float(ci.low), float(ci.high), float(r.pvalue)
+    elif n >= 2:  # identical values: a zero-width interval
+        lo = hi = m
+    return Test(label, m, lo, hi, n, unit, "t-interval", expect, p)
+
+
+def _rank_corr(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman's rho along `axis` (vectorized). A resample where x or y is constant has no defined
+    correlation: it counts as 0, which can only pull an interval towards 0 (never away from it)."""
+    rx, ry = stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis)
+    rx = rx - rx.mean(axis=axis, keepdims=True)
+    ry = ry - ry.mean(axis=axis, keepdims=True)
+    den = np.sqrt((rx * rx).sum(axis=axis) * (ry * ry).sum(axis=axis))
+    num = (rx * ry).sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+
+
+def permutation_p(x, y, seed: int = 0) -> float:
+    """Two-sided permutation p-value of Spearman's rho: exact (all n! pairings) up to n = 8."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    exact = n <= EXACT_PERMUTATIONS_UP_TO
+    res = stats.permutation_test((y,), lambda yy, axis=-1: _rank_corr(np.broadcast_to(x, yy.shape), yy, axis),
+                                 permutation_type="pairings", vectorized=True,
+                                 n_resamples=math.factorial(n) if exact else MC_PERMUTATIONS,
+                                 alternative="two-sided", rng=np.random.default_rng(seed))
+    return float(res.pvalue)
+
+
+def correlation(x, y, n_boot: int, seed: int = 0) -> dict:
+    """Spearman (and Pearson) correlation of y with x over points (targets): estimates, paired
+    percentile bootstrap 95% intervals, and the permutation p-value of Spearman's rho."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    out = {"n": int(len(x))}
+    for name in ("spearman", "pearson"):
+        out.update({name: np.nan, f"{name}_p": np.nan, f"{name}_lo": np.nan, f"{name}_hi": np.nan})
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out
+    out["spearman"] = float(_rank_corr(x, y))
+    out["pearson"] = float(stats.pearsonr(x, y)[0])
+    out["spearman_p"] = permutation_p(x, y, seed)
+    out["pearson_p"] = float(stats.pearsonr(x, y)[1])
+    if n_boot > 0:
+        def pearson(a, b, axis=-1):
+            a = a - a.mean(axis=axis, keepdims=True)
+            b = b - b.mean(axis=axis, keepdims=True)
+            den = np.sqrt((a * a).sum(axis=axis) * (b * b).sum(axis=axis))
+            return np.where(den > 0, (a * b).sum(axis=axis) / np.where(den > 0, den, 1), 0.0)
+
+        for name, fn in (("spearman", _rank_corr), ("pearson", pearson)):
+            ci = stats.bootstrap((x, y), fn, paired=True, vectorized=True, n_resamples=n_boot,
+                                 confidence_level=LEVEL, method="percentile",
+                                 rng=np.random.default_rng(seed)).confidence_interval
+            out[f"{name}_lo"], out[f"{name}_hi"] = float(ci.low), float(ci.high)
+    return out
+
+
+def correlation_test(x, y, expect: int, unit: str, label: str, n_boot: int, seed: int = 0) -> Test:
+    """Spearman's rho of y with x as a Test (bootstrap interval, permutation p-value)."""
+    r = correlation(x, y, n_boot, seed)
+    return Test(label, r["spearman"], r["spearman_lo"], r["spearman_hi"], r["n"], unit,
+                f"Spearman ρ, paired bootstrap ({n_boot}) + permutation test", expect, r["spearman_p"])
+
+
+def combine(verdicts: list[str]) -> str:
+    """One verdict from several groups (sources, archs, eps): unanimous, else inconclusive."""
+    tested = [v for v in verdicts if v != NOT_TESTABLE]
+    if not tested:
+        return NOT_TESTABLE
+    return tested[0] if all(v == tested[0] for v in tested) else INCONCLUSIVE
+
+
+# ----------------------------------------------------------------------------- gaps and distances
 
 
 def gap_frame(transfers: pd.DataFrame) -> pd.DataFrame:
@@ -26,8 +184,7 @@ def mean_std(df: pd.DataFrame, by: list[str], col: str) -> pd.DataFrame:
     """Mean, sample std (NaN for one value) and count of `col` over the rows of each group; NaN
     values are not counted, so a group of missing results has mean NaN (never 0)."""
     g = df.groupby(by, sort=False, dropna=False)[col]
-    out = g.agg(mean="mean", std="std", n="count").reset_index()
-    return out
+    return g.agg(mean="mean", std="std", n="count").reset_index()
 
 
 def gap_summary(transfers: pd.DataFrame) -> pd.DataFrame:
@@ -42,87 +199,12 @@ def standard_distance(distances: pd.DataFrame, source: str, arch: str, column: s
     return d.groupby("dataset")[column].mean()
 
 
-def correlation(x, y, n_boot: int, seed: int = 0) -> dict:
-    """Spearman and Pearson correlation of y with x, with percentile bootstrap 95% intervals
-    (resampling the points, i.e. the targets, with replacement; degenerate resamples skipped)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    out = {"n": int(len(x))}
-    for name in ("spearman", "pearson"):
-        out.update({name: np.nan, f"{name}_p": np.nan, f"{name}_lo": np.nan, f"{name}_hi": np.nan})
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return out
-    fns = {"spearman": stats.spearmanr, "pearson": stats.pearsonr}
-    for name, fn in fns.items():
-        r = fn(x, y)
-        out[name], out[f"{name}_p"] = float(r[0]), float(r[1])
-    rng = np.random.default_rng(seed)
-    boots: dict[str, list[float]] = {"spearman": [], "pearson": []}
-    for _ in range(n_boot):
-        i = rng.integers(0, len(x), len(x))
-        if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
-            continue
-        for name, fn in fns.items():
-            boots[name].append(float(fn(x[i], y[i])[0]))
-    for name, vals in boots.items():
-        vals = [v for v in vals if np.isfinite(v)]
-        if vals:
-            out[f"{name}_lo"], out[f"{name}_hi"] = (float(v) for v in np.percentile(vals, [2.5, 97.5]))
-    return out
-
-
-def mean_ci(values) -> tuple[float, float, float]:
-    """Mean and its 95% t-interval (NaN bounds for fewer than 2 values)."""
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return np.nan, np.nan, np.nan
-    m = float(v.mean())
-    if len(v) < 2:
-        return m, np.nan, np.nan
-    h = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return m, m - h, m + h
-
-
-HOLDS, FAILS, INCONCLUSIVE, NOT_TESTED = "holds", "does not hold", "inconclusive", "not tested"
-
-
-def judge(values, expect: int, noise: float) -> tuple[str, str]:
-    """Verdict on differences `values` expected to have sign `expect` (+1 or -1).
-
-    holds / does not hold when the mean is beyond `noise` in the expected / opposite
-    direction and either its 95% interval (when there are >= 2 values) excludes 0 or every
-    value is beyond `noise` in that same direction; otherwise inconclusive.
-    Returns (verdict, "mean m [lo, hi], n=k").
-    """
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    m, lo, hi = mean_ci(v)
-    n = len(v)
-    text = f"mean {m:+.2f}" + (f" [95% CI {lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else "") + f", n={n}"
-    if n == 0:
-        return NOT_TESTED, "no data"
-    excludes_zero = not np.isfinite(lo) or lo > 0 or hi < 0
-    consistent = bool((np.sign(m) * v >= noise).all())
-    if abs(m) < noise or not (excludes_zero or consistent):
-        return INCONCLUSIVE, text
-    return (HOLDS if np.sign(m) == expect else FAILS), text
-
-
-def combine(verdicts: list[str]) -> str:
-    """One verdict from several groups: unanimous, else inconclusive (mixed)."""
-    tested = [v for v in verdicts if v != NOT_TESTED]
-    if not tested:
-        return NOT_TESTED
-    return tested[0] if all(v == tested[0] for v in tested) else INCONCLUSIVE
-
-
 def gap_distance_points(transfers: pd.DataFrame, distances: pd.DataFrame, source: str, arch: str,
                         column: str = "emd") -> pd.DataFrame:
     """Per (robust eps, target, mode): gap mean/std/n over seeds and the target's distance from the
-    source under the standard probe (`column`: emd or otdd)."""
-    t = transfers[(transfers["source"] == source) & (transfers["arch"] == arch)]
+    source under the standard probe (`column`: emd or otdd). The source itself is never a target
+    point here: it is the reference (distance 0), not evidence."""
+    t = transfers[(transfers["source"] == source) & (transfers["arch"] == arch) & (transfers["target"] != source)]
     g = mean_std(gap_frame(t), ["eps", "target", "mode"], "gap")
     g["distance"] = g["target"].map(standard_distance(distances, source, arch, column)).astype(float)
     return g
@@ -130,7 +212,8 @@ def gap_distance_points(transfers: pd.DataFrame, distances: pd.DataFrame, source
 
 def correlation_table(transfers: pd.DataFrame, distances: pd.DataFrame, groups: list[tuple[str, str]],
                       n_boot: int) -> pd.DataFrame:
-    """Gap-versus-distance correlations per (source, arch, robust eps, mode, distance measure)."""
+    """Gap-versus-distance correlations per (source, arch, robust eps, mode, distance measure),
+    over the targets (the source excluded)."""
     rows = []
     for source, arch in groups:
         for column in ("emd", "otdd"):
