@@ -61,7 +61,8 @@ def validate_schema(config: dict, schema: dict | None = None) -> dict:
         errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
-        raise ConfigError(f"config error at {key_of(e.absolute_path)}: {e.message}")
+        extra = f" (at least {e.validator_value} items)" if e.validator == "minItems" else ""
+        raise ConfigError(f"config error at {key_of(e.absolute_path)}: {e.message}{extra}")
     return config
 
 
@@ -132,21 +133,26 @@ def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
         from .data import REGISTRY
 
         known_datasets = set(REGISTRY)
+    _expand_ladders(config, set(known_datasets))
     datasets = set(known_datasets) | set(config["datasets"])
     for name, spec in config["datasets"].items():
         if name in known_datasets:
             raise ConfigError(f"config error at datasets.{name}: name clashes with a registered dataset")
         if spec["base"] not in datasets or spec["base"] == name:
             raise ConfigError(f"config error at datasets.{name}.base: unknown dataset {spec['base']!r}")
+        _check_strength(spec["transform"], spec["strength"], f"datasets.{name}.strength")
     seen: dict[str, tuple] = {}
+    levels = ladder_levels(config)
     for name, exp in config["experiments"].items():
         where = f"experiments.{name}"
         if exp["source"] not in datasets:
             raise ConfigError(f"config error at {where}.source: unknown dataset {exp['source']!r}; "
                               f"known: {', '.join(sorted(datasets))}")
+        _add_ladder_targets(exp, levels, where)
         for i, t in enumerate(exp["targets"]):
             if t not in datasets:
                 raise ConfigError(f"config error at {where}.targets[{i}]: unknown dataset {t!r}")
+        _check_near_far(exp, where)
         if exp["train"] not in config["train_schedules"]:
             raise ConfigError(f"config error at {where}.train: no train_schedules entry {exp['train']!r}")
         if exp["targets"] and exp["finetune"] not in config["finetune_schedules"]:
@@ -167,3 +173,87 @@ def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
                 raise ConfigError(f"config error at {where}: model {key.path} is defined again with another "
                                   "width or train schedule")
     return config
+
+
+def ladder_levels(config: dict) -> dict[str, list[tuple[str, float]]]:
+    """Ladder name -> its levels [(dataset, strength)], named `<ladder>_<k>` for k = 1..n in config order.
+
+    The one place level names are made: check_config adds these datasets to `datasets` and
+    the experiments' targets; the report and the claims check read them back from here.
+    """
+    return {name: [(f"{name}_{k}", s) for k, s in enumerate(spec["strengths"], start=1)]
+            for name, spec in (config.get("ladders") or {}).items()}
+
+
+def near_far(config: dict, experiment: str) -> tuple[list[str], list[str]]:
+    """(near, far) targets of `experiment` for the claims check.
+
+    The declared `near`/`far` lists when either is given; otherwise the first level of each of
+    the experiment's ladders is near and the last far; both empty when there is neither.
+    """
+    exp = config["experiments"][experiment]
+    near, far = list(exp.get("near") or []), list(exp.get("far") or [])
+    if near or far:
+        return near, far
+    levels = ladder_levels(config)
+    ladders = [levels[n] for n in exp.get("ladders") or [] if levels.get(n)]
+    return [lv[0][0] for lv in ladders], [lv[-1][0] for lv in ladders]
+
+
+def _check_strength(transform: str, strength: float, key: str) -> None:
+    from .data.derived import UNIT_STRENGTH
+
+    if transform in UNIT_STRENGTH and not 0 <= strength <= 1:
+        raise ConfigError(f"config error at {key}: {transform} strength must be in [0, 1], got {strength}")
+
+
+def _expand_ladders(config: dict, known_datasets: set[str]) -> None:
+    """Add every ladder level to config["datasets"] as a derived dataset.
+
+    Idempotent (a config may be checked twice): a level already present with the same spec is
+    kept; any other dataset of that name is refused.
+    """
+    levels = ladder_levels(config)
+    for name, spec in config["ladders"].items():
+        where = f"ladders.{name}"
+        s = spec["strengths"]
+        for i in range(1, len(s)):
+            if s[i] <= s[i - 1]:
+                raise ConfigError(f"config error at {where}.strengths[{i}]: strengths must be strictly "
+                                  f"increasing, got {s}")
+        for i, v in enumerate(s):
+            _check_strength(spec["transform"], v, f"{where}.strengths[{i}]")
+        for ds, strength in levels[name]:
+            level = {"base": spec["base"], "classes": copy.deepcopy(spec["classes"]),
+                     "transform": spec["transform"], "strength": strength, "max_train": spec["max_train"],
+                     "max_test": spec["max_test"], "seed": spec["seed"]}
+            if ds in known_datasets:
+                raise ConfigError(f"config error at {where}: level {ds!r} clashes with a registered dataset")
+            if config["datasets"].setdefault(ds, level) != level:
+                raise ConfigError(f"config error at {where}: level {ds!r} clashes with datasets.{ds}")
+    names = set(known_datasets) | set(config["datasets"])
+    for name, spec in config["ladders"].items():
+        if spec["base"] not in names or spec["base"] in {ds for ds, _ in levels[name]}:
+            raise ConfigError(f"config error at ladders.{name}.base: unknown dataset {spec['base']!r}")
+
+
+def _add_ladder_targets(exp: dict, levels: dict[str, list[tuple[str, float]]], where: str) -> None:
+    """Append the levels of the experiment's ladders to its targets, in order, without duplicates."""
+    for i, ladder in enumerate(exp["ladders"]):
+        if ladder not in levels:
+            raise ConfigError(f"config error at {where}.ladders[{i}]: no ladders entry {ladder!r}")
+        exp["targets"] += [ds for ds, _ in levels[ladder] if ds not in exp["targets"]]
+
+
+def _check_near_far(exp: dict, where: str) -> None:
+    """Declared near/far targets: each a target of this experiment, not its source, not on both sides."""
+    for side, other in (("near", "far"), ("far", "near")):
+        for i, t in enumerate(exp[side]):
+            key = f"{where}.{side}[{i}]"
+            if t == exp["source"]:
+                raise ConfigError(f"config error at {key}: {t!r} is the source, not a target")
+            if t not in exp["targets"]:
+                raise ConfigError(f"config error at {key}: {t!r} is not one of this experiment's targets "
+                                  f"(after ladder expansion): {exp['targets']}")
+            if t in exp[other]:
+                raise ConfigError(f"config error at {key}: {t!r} is in both near and far")

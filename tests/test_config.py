@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atlib.config import ConfigError, ModelKey, check_config, eps_str, iter_models
+from atlib.config import ConfigError, ModelKey, check_config, eps_str, iter_models, ladder_levels, near_far
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {"fashion_mnist", "mnist5k", "digits", "textures", "cifar10", "cifar100", "imagenet", "mnist",
@@ -74,6 +74,8 @@ BAD = [  # (what, key to change, new value, text the message must contain)
     ("transfer without a standard model", "experiments.demo.eps", [1], "experiments.demo.eps"),
     ("bad transform", "datasets.mnist_inv.transform", "swirl", "datasets.mnist_inv.transform"),
     ("seeds not a list", "experiments.demo.seeds", 0, "experiments.demo.seeds"),
+    ("invert_mix strength above 1", "datasets.mnist_inv", {"base": "mnist5k", "transform": "invert_mix",
+                                                           "strength": 1.5}, "datasets.mnist_inv.strength"),
 ]
 
 
@@ -83,6 +85,89 @@ def test_bad_config_refused_naming_key(what, key, value, expect):
     with pytest.raises(ConfigError) as err:
         check_config(cfg, DATASETS)
     assert expect in str(err.value), str(err.value)
+
+
+def with_ladder(**exp_keys) -> dict:
+    """The demo with a 3-level blur ladder on digits, used by experiment `demo`."""
+    cfg = demo()
+    cfg["ladders"] = {"dblur": {"base": "digits", "transform": "blur", "strengths": [0.5, 1, 2], "max_train": 50}}
+    cfg["experiments"]["demo"].update({"ladders": ["dblur"], **exp_keys})
+    return cfg
+
+
+LADDER_BAD = [  # (what, ladders.dblur / experiments.demo overrides, text the message must contain)
+    ("ladder with 2 levels", {"strengths": [1, 2]}, {}, "ladders.dblur.strengths: [1, 2] is too short (at least 3"),
+    ("non-increasing strengths", {"strengths": [1, 2, 2]}, {}, "ladders.dblur.strengths[2]"),
+    ("decreasing strengths", {"strengths": [3, 2, 1]}, {}, "ladders.dblur.strengths[1]"),
+    ("invert_mix ladder above 1", {"transform": "invert_mix", "strengths": [0.2, 0.6, 1.5]}, {},
+     "ladders.dblur.strengths[2]"),
+    ("ladder from unknown base", {"base": "digitz"}, {}, "ladders.dblur.base"),
+    ("ladder without transform", {"transform": None}, {}, "ladders.dblur"),
+    ("unknown ladder in experiment", {}, {"ladders": ["dblur", "nope"]}, "experiments.demo.ladders[1]"),
+    ("near not a target", {}, {"near": ["dblur_1", "cifar10"]}, "experiments.demo.near[1]"),
+    ("far not a target", {}, {"far": ["dblur_3", "mnist5k", "svhn"]}, "experiments.demo.far[2]"),
+    ("source in near", {}, {"near": ["fmnist04"]}, "experiments.demo.near[0]"),
+    ("source in far", {}, {"far": ["digits", "fmnist04"]}, "experiments.demo.far[1]"),
+    ("target in both lists", {}, {"near": ["dblur_1"], "far": ["dblur_3", "dblur_1"]}, "experiments.demo.near[0]"),
+]
+
+
+@pytest.mark.parametrize("what,ladder,exp,expect", LADDER_BAD, ids=[b[0] for b in LADDER_BAD])
+def test_bad_ladder_or_near_far_refused_naming_key(what, ladder, exp, expect):
+    cfg = with_ladder(**exp)
+    for k, v in ladder.items():
+        if v is None:
+            del cfg["ladders"]["dblur"][k]
+        else:
+            cfg["ladders"]["dblur"][k] = v
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg, DATASETS)
+    assert expect in str(err.value), str(err.value)
+
+
+def test_ladder_level_name_clash_refused():
+    cfg = with_ladder()
+    cfg["datasets"]["dblur_2"] = {"base": "digits", "transform": "blur", "strength": 5}
+    with pytest.raises(ConfigError, match=r"ladders\.dblur: level 'dblur_2' clashes with datasets\.dblur_2"):
+        check_config(cfg, DATASETS)
+    cfg = with_ladder()
+    cfg["ladders"]["mnist"] = cfg["ladders"]["dblur"]  # mnist_1..3 are fine; only an exact registered name clashes
+    check_config(cfg, DATASETS)
+    with pytest.raises(ConfigError, match="clashes with a registered dataset"):
+        check_config(with_ladder(), DATASETS | {"dblur_3"})
+
+
+def test_ladder_expands_into_datasets_and_targets():
+    cfg = with_ladder()
+    cfg["experiments"]["demo"]["targets"] = ["mnist5k", "dblur_2"]  # a level already listed stays in place
+    cfg["experiments"]["demo_modes"]["ladders"] = ["dblur"]
+    out = check_config(cfg, DATASETS)
+    assert ladder_levels(out) == {"dblur": [("dblur_1", 0.5), ("dblur_2", 1), ("dblur_3", 2)]}
+    assert out["datasets"]["dblur_3"] == {"base": "digits", "classes": None, "transform": "blur", "strength": 2,
+                                          "max_train": 50, "max_test": None, "seed": 0}
+    assert out["experiments"]["demo"]["targets"] == ["mnist5k", "dblur_2", "dblur_1", "dblur_3"]
+    assert out["experiments"]["demo_modes"]["targets"] == ["fmnist59", "mnist5k", "dblur_1", "dblur_2", "dblur_3"]
+    assert out["experiments"]["demo_sweep"]["targets"] == []
+    again = check_config(copy.deepcopy(out), DATASETS)  # the Snakefile and a script may both check it
+    assert again == out
+
+
+def test_ladder_transfers_are_planned():
+    from atlib.config import transfer_experiments
+
+    jobs = transfer_experiments(check_config(with_ladder(), DATASETS))
+    assert {t for (_, t, _) in jobs} >= {"dblur_1", "dblur_2", "dblur_3"}
+
+
+def test_near_far_declared_or_from_ladders():
+    cfg = with_ladder()
+    cfg["ladders"]["drot"] = {"base": "digits", "transform": "rotate", "strengths": [15, 45, 90, 180]}
+    cfg["experiments"]["demo"]["ladders"] = ["drot", "dblur"]
+    out = check_config(cfg, DATASETS)
+    assert near_far(out, "demo") == (["drot_1", "dblur_1"], ["drot_4", "dblur_3"])
+    assert near_far(out, "demo_sweep") == ([], [])  # no ladder, nothing declared
+    declared = check_config(with_ladder(near=["fmnist59", "dblur_1"], far=["textures"]), DATASETS)
+    assert near_far(declared, "demo") == (["fmnist59", "dblur_1"], ["textures"])
 
 
 def test_same_model_with_two_schedules_refused():

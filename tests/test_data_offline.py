@@ -93,12 +93,63 @@ def test_derived_subset_relabels_in_given_order(tmp_path, tiny_prepared):
     assert np.array_equal(x[y == 0], base_x[base_y == 2])  # class 2 became label 0
 
 
-@pytest.mark.parametrize("kind,strength", [("invert", 1), ("rot90", 1), ("blur", 1.0), ("texture", 0.6)])
+@pytest.mark.parametrize("kind,strength", [("invert", 1), ("rot90", 1), ("blur", 1.0), ("texture", 0.6),
+                                           ("rotate", 30), ("invert_mix", 0.3)])
 def test_transforms_change_images_and_keep_dtype(kind, strength):
     x = np.random.default_rng(0).integers(0, 80, (4, 28, 28, 1)).astype(np.uint8)
     out = apply_transform(x, kind, strength, seed=0)
     assert out.shape == x.shape and out.dtype == np.uint8 and not np.array_equal(out, x)
     assert np.array_equal(apply_transform(x, kind, strength, seed=0), out)  # deterministic
+
+
+def test_invert_mix_values():
+    x = np.array([0, 10, 100, 200, 255], np.uint8).reshape(1, 5, 1, 1)
+    assert np.abs(apply_transform(x, "invert_mix", 0.5, 0).astype(float) - 127.5).max() <= 0.5  # all grey
+    assert np.array_equal(apply_transform(x, "invert_mix", 1.0, 0), 255 - x)  # full inversion
+    assert np.array_equal(apply_transform(x, "invert_mix", 0.0, 0), x)
+    assert apply_transform(x, "invert_mix", 0.25, 0).ravel().tolist() == [64, 69, 114, 164, 191]  # 0.75x + 0.25(255-x)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        apply_transform(x, "invert_mix", 1.5, 0)
+
+
+@pytest.mark.parametrize("size", [9, 28])
+def test_rotate_90_equals_rot90(size):
+    x = np.random.default_rng(1).integers(0, 256, (3, size, size, 1)).astype(np.uint8)
+    assert np.array_equal(apply_transform(x, "rotate", 90, 0), apply_transform(x, "rot90", 1, 0))
+    assert np.array_equal(apply_transform(x, "rotate", 0, 0), x)
+    # 45 degrees: the corners rotate out of the image and are filled with 0.
+    r = apply_transform(np.full((1, size, size, 1), 200, np.uint8), "rotate", 45, 0)
+    assert r[0, 0, 0, 0] == 0 and r[0, size // 2, size // 2, 0] == 200
+
+
+def test_blur_smooths_more_with_larger_sigma():
+    x = np.random.default_rng(2).integers(0, 256, (2, 28, 28, 1)).astype(np.uint8)
+
+    def variation(a: np.ndarray) -> float:  # total variation: sum of neighbour differences
+        a = a.astype(float)
+        return float(np.abs(np.diff(a, axis=1)).sum() + np.abs(np.diff(a, axis=2)).sum())
+
+    tv = [variation(apply_transform(x, "blur", s, 0)) for s in (0.5, 1.0, 2.0, 4.0)]
+    assert variation(x) > tv[0] and all(a > b for a, b in zip(tv, tv[1:])), tv
+
+
+def test_ladder_level_prepares_from_digits(tmp_path):
+    from atlib.config import check_config, ladder_levels
+
+    cfg = check_config({"ladders": {"drot": {"base": "digits", "transform": "rotate", "strengths": [10, 45, 90],
+                                             "classes": [3, 1], "max_train": 40, "max_test": 20}},
+                        "experiments": {"e": {"source": "digits", "arch": "resnet8", "eps": [0], "ladders": ["drot"]}}},
+                       {"digits"})
+    (name, strength), = [lv for lv in ladder_levels(cfg)["drot"] if lv[0] == "drot_3"]
+    base = tmp_path / "digits"
+    prepare("digits", base, AcquireContext(tmp_path))
+    meta = prepare(name, tmp_path / name, AcquireContext(tmp_path), derived=cfg["datasets"][name], base_dir=base)
+    assert strength == 90 and meta["num_classes"] == 2 and meta["splits"] == {"train": 40, "test": 20}
+    x, y = Prepared(tmp_path / name).arrays("test")
+    bx, by = Prepared(base).arrays("test")
+    # Every level-3 image is a base image of its class (3 -> label 0, 1 -> label 1) turned by 90 degrees.
+    base_of = {lab: {im.tobytes() for im in bx[by == c]} for lab, c in enumerate([3, 1])}
+    assert all(np.ascontiguousarray(np.rot90(im, -1)).tobytes() in base_of[lab] for im, lab in zip(x, y))
 
 
 def test_adapt_resizes_and_refuses_rgb_to_gray():

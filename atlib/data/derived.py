@@ -15,27 +15,48 @@ from scipy import ndimage
 from .registry import Arrays
 from .store import Prepared
 
-TRANSFORMS = ("none", "invert", "rot90", "blur", "texture")
+TRANSFORMS = ("none", "invert", "invert_mix", "rot90", "rotate", "blur", "texture")
+# Transforms whose strength is a mixing weight in [0, 1] (checked by atlib.config.check_config).
+UNIT_STRENGTH = ("invert_mix",)
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
 def apply_transform(x: np.ndarray, kind: str, strength: float, seed: int) -> np.ndarray:
-    """Apply one fixed transform to uint8 images (N, H, W, C)."""
+    """Apply one fixed transform to uint8 images (N, H, W, C).
+
+    `strength` is: rot90 quarter turns; rotate degrees (counter-clockwise, as np.rot90);
+    invert_mix the weight a of x -> (1-a) x + a (255-x) (a=1 is `invert`); blur the Gaussian
+    sigma in pixels; texture the contrast of the texture background.
+    """
     if kind == "none":
         return x
     if kind == "invert":
         return 255 - x
+    if kind == "invert_mix":
+        if not 0 <= strength <= 1:
+            raise ValueError(f"invert_mix strength must be in [0, 1], got {strength}")
+        xf = x.astype(np.float32)
+        return _to_uint8((1 - strength) * xf + strength * (255 - xf))
     if kind == "rot90":
         return np.ascontiguousarray(np.rot90(x, k=int(strength) or 1, axes=(1, 2)))
+    if kind == "rotate":
+        # Bilinear (order 1): a cubic spline rings around the sharp strokes of uint8 digits.
+        out = ndimage.rotate(x.astype(np.float32), strength, axes=(1, 2), reshape=False, order=1,
+                             mode="constant", cval=0.0)
+        return _to_uint8(out)
     if kind == "blur":
         out = ndimage.gaussian_filter(x.astype(np.float32), sigma=(0, strength, strength, 0))
-        return np.clip(np.round(out), 0, 255).astype(np.uint8)
+        return _to_uint8(out)
     if kind == "texture":
         from .offline import texture_crops
 
         tex = texture_crops(n_train=len(x), n_test=1, size=x.shape[1], seed=seed).train_x
         tex = np.random.default_rng(seed).permutation(tex)[: len(x)][..., None]
         # Bright strokes stay, the dark background becomes a texture at `strength` contrast.
-        return np.maximum(x, np.round(tex * strength)).astype(np.uint8)
+        return np.maximum(x, _to_uint8(tex * strength))
     raise ValueError(f"unknown transform {kind!r}; known: {', '.join(TRANSFORMS)}")
 
 
