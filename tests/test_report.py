@@ -14,10 +14,11 @@ import pytest
 from atlib.config import check_config
 from atlib.report import aggregate, check_claims, load_results
 from atlib.report.claims import load_claims
-from atlib.report.stats import correlation, judge
+from atlib.report.stats import correlation, mean_test, permutation_p, verdict
 
 DATASETS = {"cifar10", "cifar100", "mnist", "svhn", "fashion_mnist"}
 TARGETS = ["mnist", "svhn", "cifar100"]
+SEEDS = [0, 1, 2]
 EMD = {"cifar10": 0.0, "cifar100": 1.0, "svhn": 3.0, "mnist": 5.0}
 # top1 per (eps, target, mode); seed s adds s (so the gap is seed-independent; std 0) except noted.
 TOP1 = {
@@ -34,8 +35,8 @@ def _config(root: Path) -> dict:
     cfg = {
         "results": str(root),
         "experiments": {
-            "c10": {"source": "cifar10", "arch": "resnet50", "eps": [0, 1], "seeds": [0, 1],
-                    "targets": TARGETS, "modes": [0, 1]},
+            "c10": {"source": "cifar10", "arch": "resnet50", "eps": [0, 1], "seeds": SEEDS,
+                    "targets": TARGETS, "modes": [0, 1], "near": ["cifar100"], "far": ["mnist", "svhn"]},
             "sweep": {"source": "cifar10", "arch": "resnet18", "eps": [0, 0.5, 1], "seeds": [0],
                       "analyses": ["fisher", "representation", "invert"]},
         },
@@ -55,7 +56,7 @@ def _write(path: Path, obj) -> None:
 def write_tree(root: Path) -> dict:
     """Fake-but-well-formed result files for every job of `_config`."""
     cfg = _config(root)
-    for arch, eps_list, seeds in (("resnet50", [0, 1], [0, 1]), ("resnet18", [0, 0.5, 1], [0])):
+    for arch, eps_list, seeds in (("resnet50", [0, 1], SEEDS), ("resnet18", [0, 0.5, 1], [0])):
         for eps in eps_list:
             for seed in seeds:
                 path = f"cifar10/{arch}/eps{eps:g}/s{seed}"
@@ -69,7 +70,7 @@ def write_tree(root: Path) -> dict:
                     "train_adv_acc": np.nan, "test_acc": 60.0, "test_adv_acc": np.nan,
                     "weight_norm": [norm + 2, norm + 1, norm], "time_s": 1.0}))
     for (eps, target, mode), top1 in TOP1.items():
-        for seed in (0, 1):
+        for seed in SEEDS:
             path = f"cifar10/resnet50/eps{eps:g}/s{seed}/{target}/mode{mode}"
             _write(root / f"transfer/{path}/metrics.json", {
                 "top1": top1 + seed, "pgd_acc": {"0.5": 5 + 30 * eps}, "mode": mode, "target": target,
@@ -78,7 +79,7 @@ def write_tree(root: Path) -> dict:
             _write(root / f"transfer/{path}/history.csv", pd.DataFrame({
                 "epoch": [1, 2, 3], "lr": 0.01, "train_loss": 1.0, "train_acc": 50.0,
                 "test_top1": [top1 - 10 + seed, top1 - 5 + seed, top1 + seed], "time_s": 1.0}))
-    for seed in (0, 1):
+    for seed in SEEDS:
         for ds, emd in EMD.items():
             _write(root / f"distance/cifar10/resnet50/eps0/s{seed}/{ds}.json", {
                 "probe": f"cifar10/resnet50/eps0/s{seed}", "source": "cifar10", "dataset": ds, "emd": emd,
@@ -121,19 +122,19 @@ def test_tables_and_gap_by_hand(report):
     assert (out / "summary.md") == files[-1] and (out / "summary.md").exists()
     gap = pd.read_csv(out / "table_gap_cifar10_resnet50.csv")
     row = gap[(gap["mode"] == 0) & (gap["eps"] == 1)].iloc[0]
-    # by hand: seed 0: 88 - 64 = 24, seed 1: 89 - 65 = 24
+    # by hand: seed s: (88 + s) - (64 + s) = 24
     assert row["mnist"] == pytest.approx(24.0) and row["mnist_std"] == pytest.approx(0.0)
     assert row["cifar100"] == pytest.approx(-3.0)
     top = pd.read_csv(out / "table_transfer_cifar10_resnet50.csv")
     st = top[(top["mode"] == 0) & (top["model"] == "st")].iloc[0]
-    assert st["mnist"] == pytest.approx(64.5) and st["mnist_std"] == pytest.approx(np.std([64, 65], ddof=1))
+    assert st["mnist"] == pytest.approx(65.0) and st["mnist_std"] == pytest.approx(np.std([64, 65, 66], ddof=1))
     md = (out / "table_transfer_cifar10_resnet50.md").read_text()
-    assert "64.50 ± 0.71" in md
+    assert "65.00 ± 1.00" in md
     tidy = pd.read_csv(out / "transfers.csv")
-    assert len(tidy) == 2 * 2 * 3 * 2 and {"distance", "similarity", "pgd_acc_0.5"} <= set(tidy.columns)
+    assert len(tidy) == 2 * 3 * 3 * 2 and {"distance", "similarity", "pgd_acc_0.5"} <= set(tidy.columns)
     assert tidy[tidy["target"] == "mnist"]["distance"].eq(5.0).all()
     sources = pd.read_csv(out / "sources.csv")
-    assert len(sources) == 4 + 3 and "pgd_acc_1" in sources
+    assert len(sources) == 6 + 3 and "pgd_acc_1" in sources
     for name in ["gap_vs_distance.png", "gap_vs_distance_cifar10_resnet50_mode0.pdf",
                  "gap_vs_distance_cifar10_resnet50_mode1.png", "mode_comparison_cifar10_resnet50.png",
                  "learning_curves_cifar10_resnet50.png", "source_tradeoff.png", "fisher_vs_eps.png",
@@ -145,7 +146,7 @@ def test_tables_and_gap_by_hand(report):
 
 def test_missing_cell_is_nan_and_logged(tree, tmp_path, caplog):
     root = Path(tree["results"])
-    gone = [root / f"transfer/cifar10/resnet50/eps1/s{s}/svhn/mode1/metrics.json" for s in (0, 1)]
+    gone = [root / f"transfer/cifar10/resnet50/eps1/s{s}/svhn/mode1/metrics.json" for s in SEEDS]
     for p in gone:
         p.unlink()
     with caplog.at_level(logging.WARNING, logger="atlib.report"):
@@ -153,7 +154,7 @@ def test_missing_cell_is_nan_and_logged(tree, tmp_path, caplog):
     assert all(str(p) in caplog.text for p in gone)
     top = pd.read_csv(tmp_path / "report" / "table_transfer_cifar10_resnet50.csv")
     rob = top[(top["mode"] == 1) & (top["model"] == "rob")].iloc[0]
-    assert np.isnan(rob["svhn"]) and rob["mnist"] == pytest.approx(98.5)
+    assert np.isnan(rob["svhn"]) and rob["mnist"] == pytest.approx(99.0)
     gap = pd.read_csv(tmp_path / "report" / "table_gap_cifar10_resnet50.csv")
     assert np.isnan(gap[gap["mode"] == 1].iloc[0]["svhn"])
     md = (tmp_path / "report" / "table_transfer_cifar10_resnet50.md").read_text().splitlines()
@@ -178,8 +179,8 @@ def test_correlation_function():
 def test_paper_comparison_matches(report):
     cmp = pd.read_csv(report[0] / "paper_comparison.csv")
     row = cmp[(cmp["target"] == "mnist") & (cmp["mode"] == 0) & (cmp["model"] == "rob")].iloc[0]
-    assert row["paper_top1"] == pytest.approx(88.11) and row["our_top1"] == pytest.approx(88.5)
-    assert row["diff"] == pytest.approx(88.5 - 88.11) and row["table"] == 6
+    assert row["paper_top1"] == pytest.approx(88.11) and row["our_top1"] == pytest.approx(89.0)
+    assert row["diff"] == pytest.approx(89.0 - 88.11) and row["table"] == 6
 
 
 def test_paper_comparison_no_match_still_written(tmp_path):
@@ -191,34 +192,71 @@ def test_paper_comparison_no_match_still_written(tmp_path):
     assert "no setting" in cmp["note"].iloc[0]
     assert "No setting" in (tmp_path / "report" / "paper_comparison.md").read_text()
     claims = pd.read_csv(tmp_path / "report" / "claims.csv")
-    assert len(claims) == 15 and set(claims["verdict"]) == {"not tested"}
+    assert len(claims) == 15 and set(claims["verdict"]) == {"not testable here"}
+    assert claims["evidence"].str.len().gt(0).all()  # every "not testable here" says why
 
 
 def test_claims_every_claim_judged(report):
     claims = pd.read_csv(report[0] / "claims.csv").set_index("claim")
     assert list(claims.index) == list(range(1, 16)) and len(load_claims()) == 15
     md = (report[0] / "claims.md").read_text()
+    assert "The verdict rule" in md.split("| # |")[0]
     assert sum(line.startswith("| ") and line[2:4].strip().isdigit() for line in md.splitlines()) == 15
     v = claims["verdict"]
-    assert v[1] == "holds"  # natural 94 -> 86, PGD up 40 points
-    assert v[4] == "inconclusive"  # rho = 1 but only 3 targets (fewer than claims.MIN_TARGETS)
-    assert v[5] == "not tested"  # no A->B and B->A
-    assert v[6] == "holds"  # mean |gap| 14 (mode 0) -> 1 (mode 1)
-    assert v[7] == "holds" and v[9] == "holds" and v[11] == "holds" and v[12] == "holds"
-    assert v[8] == "not tested"  # resnet18 has no transfers
-    assert v[10] == "inconclusive"  # no eps > 1 in the sweep
-    assert v[13] == "holds"  # variational reaches plain's final loss in 10 of 100 steps
-    assert v[14] == "not tested" and "pixel-space" in claims.loc[14, "evidence"]
-    assert v[15] == "holds"  # PGD +30 points
-    assert "Spearman" in claims.loc[4, "evidence"]
+    assert v[1] == "holds"  # natural -8 and PGD +40 points on each of 3 paired seeds
+    assert v[2] == "inconclusive" and "n=2 targets" in claims.loc[2, "evidence"]  # 2 far targets only
+    assert v[3] == "inconclusive"  # 1 near target
+    # rho = 1 over 3 targets, but the exact permutation p is 2/3! = 0.33
+    assert v[4] == "inconclusive" and "p=0.333" in claims.loc[4, "evidence"]
+    assert "cifar10 " not in claims.loc[4, "evidence"].split("per target")[0]  # the source is no target
+    assert v[5] == "not testable here" and "both directions" in claims.loc[5, "evidence"]
+    assert v[8] == "not testable here"  # one architecture transferred
+    assert v[12] == "not testable here" and "Gaussian" in claims.loc[12, "evidence"]
+    assert "linear algebra" in claims.loc[12, "evidence"]
+    assert v[13] == "holds"  # variational reaches plain's final loss in 10 of 100 steps on all 3 models
+    assert v[14] == "not testable here"
+    assert v[15] == "holds"  # PGD +30 points on each of 3 targets
+    assert claims.loc[15, "n"] == 3 and claims.loc[15, "unit"] == "targets"
+    summary = (report[0] / "summary.md").read_text()
+    assert "effect [95% CI]" in summary and "| 15 |" in summary
 
 
-def test_judge_noise_is_inconclusive():
-    assert judge([0.5, 1.0, 1.5], +1, 2.0)[0] == "inconclusive"
-    assert judge([5.0, 6.0, 7.0], +1, 2.0)[0] == "holds"
-    assert judge([-5.0, -6.0, -7.0], +1, 2.0)[0] == "does not hold"
-    assert judge([10.0, -8.0, 5.0], +1, 2.0)[0] == "inconclusive"  # CI includes 0
-    assert judge([], +1, 2.0)[0] == "not tested"
+def test_no_holds_beside_an_interval_with_zero(report):
+    """Every evidence line obeys the rule: no [holds]/[does not hold] beside an interval that
+    contains 0 or with fewer than 3 units."""
+    import re
+
+    md = (report[0] / "claims.md").read_text()
+    pat = re.compile(r"\[95% CI ([-+0-9.e]+), ([-+0-9.e]+)\], n=(\d+)[^\[]*\[(holds|does not hold)\]")
+    found = pat.findall(md)
+    assert found  # the synthetic tree has decided lines
+    for lo, hi, n, _ in found:
+        assert int(n) >= 3 and (float(lo) > 0 or float(hi) < 0)
+
+
+def test_verdict_rule():
+    assert mean_test([5.0], +1, "seeds", "x").verdict == "inconclusive"  # n = 1: no interval
+    t2 = mean_test([3.0, 30.0], +1, "seeds", "x")
+    assert t2.verdict == "inconclusive" and t2.lo < 0 < t2.hi  # n = 2 (the old rule said "holds")
+    assert mean_test([3.0, 4.0, 5.0], +1, "seeds", "x").verdict == "holds"
+    assert mean_test([3.0, 4.0, 5.0], -1, "seeds", "x").verdict == "does not hold"
+    assert mean_test([-3.0, -4.0, -5.0], -1, "seeds", "x").verdict == "holds"
+    assert mean_test([10.0, -8.0, 5.0], +1, "seeds", "x").verdict == "inconclusive"  # CI straddles 0
+    assert mean_test([-3.0, -4.0, -5.0], 0, "seeds", "x").verdict == "holds"  # two-sided claim
+    # by hand: mean 4, sd 1, t(0.975, 2) = 4.3027 -> half-width 4.3027 / sqrt(3) = 2.484
+    t = mean_test([3.0, 4.0, 5.0], +1, "seeds", "x")
+    assert t.lo == pytest.approx(4 - 2.4842, abs=1e-3) and t.hi == pytest.approx(4 + 2.4842, abs=1e-3)
+    assert verdict(0.5, 2.0, 3, +1, p=0.2) == "inconclusive"  # a correlation needs p < 0.05 too
+    assert verdict(0.5, 2.0, 3, +1, p=0.01) == "holds"
+
+
+def test_permutation_p_by_hand():
+    # n = 4: 24 pairings; |rho| = 1 only for the identity and the reversal -> p = 2/24 exactly
+    assert permutation_p([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(2 / 24)
+    # one swap of the middle pair: rho = 0.8; pairings with |rho| >= 0.8: 4 with +, 4 with - -> 8/24
+    assert permutation_p([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(8 / 24)
+    # n = 10 is Monte Carlo: a perfect rank order gets the smallest possible p, (0 + 1) / (9999 + 1) scale
+    assert permutation_p(np.arange(10), np.arange(10)) < 1e-3
 
 
 def test_corrupt_result_named(tree, tmp_path):
@@ -230,5 +268,5 @@ def test_corrupt_result_named(tree, tmp_path):
 
 def test_check_claims_direct(tree):
     res = load_results(tree)
-    c = check_claims(res, noise=2.0, near_far=0.5, n_boot=50)
-    assert len(c) == 15 and set(c.columns) == {"claim", "statement", "paper", "verdict", "evidence"}
+    c = check_claims(res, n_boot=50)
+    assert len(c) == 15 and {"claim", "verdict", "effect", "lo", "hi", "n", "unit", "test", "evidence"} <= set(c.columns)
