@@ -129,6 +129,10 @@ def config_hash(config: dict) -> str:
 def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
     """Schema validation plus the checks a schema cannot express. Returns the filled config."""
     validate_schema(config)
+    factors = config["fisher"]["budget_factors"]
+    if max(factors) < 100 * min(factors):
+        raise ConfigError(f"config error at fisher.budget_factors: {factors} spans {max(factors) / min(factors):.3g}x; "
+                          "the budget sweep must span >= 100x (max/min >= 100)")
     if known_datasets is None:
         from .data import REGISTRY
 

@@ -275,10 +275,10 @@ def invert_report(model_path: str | Path, fisher_path: str | Path | None, data_d
 
     Args:
         model_path: a model.pt written by `checkpoint.save_model`.
-        fisher_path: the model's fisher.pt (needed unless method is "plain"); Sigma* is
-            recomputed from its Fisher with cfg_invert["beta"] and the stored lambda.
+        fisher_path: the model's fisher.pt (needed unless method is "plain"); its Sigma*
+            (calibrated by the fisher rule's loss budget) is used as is.
         data_dir: the source dataset's prepared directory.
-        cfg_invert: config["invert"] (n_images, photos, steps, lr, sigma, beta, optimizer).
+        cfg_invert: config["invert"] (n_images, photos, steps, lr, sigma, optimizer).
         method: "plain", "variational" or "effective".
         seed: seeds the test-image choice, r_0 and the weight noise. Use the same seed for
             every method of a model: then all methods start from the same r_0.
@@ -292,7 +292,7 @@ def invert_report(model_path: str | Path, fisher_path: str | Path | None, data_d
     import pandas as pd
 
     from .checkpoint import load_model
-    from .fisher import load_fisher, model_eps, posterior, sample_images
+    from .fisher import load_fisher, model_eps, sample_images
     from .runtime import pick_device
 
     if method not in METHODS:
@@ -306,8 +306,7 @@ def invert_report(model_path: str | Path, fisher_path: str | Path | None, data_d
     if method != "plain":
         if fisher_path is None:
             raise ValueError(f"method {method!r} needs the model's fisher.pt (run the fisher rule)")
-        saved = load_fisher(fisher_path)
-        sigma_star = posterior(saved["fisher"], cfg_invert["beta"], saved["lambda"])
+        sigma_star = load_fisher(fisher_path)["sigma"]
     size, ch = meta["image_size"], meta["in_channels"]
     gen = torch.Generator().manual_seed(seed)
     x, _ = sample_images(data_dir, "test", cfg_invert["n_images"], size, ch, gen)

@@ -92,7 +92,7 @@ def train_digits(tmp: Path, seconds_budget: float = 30.0) -> tuple[Path, Path]:
 
 def from_models(models: list[Path], data: Path, args) -> list[dict]:
     from atlib.checkpoint import load_model
-    from atlib.fisher import diagonal_fisher, posterior, sample_images
+    from atlib.fisher import beta_from_budget, diagonal_fisher, posterior, prior_variances, sample_images
 
     runs = []
     for path in models:
@@ -101,9 +101,11 @@ def from_models(models: list[Path], data: Path, args) -> list[dict]:
         gen = torch.Generator().manual_seed(0)
         xf, _ = sample_images(data, "train", 128, size, ch, gen)
         fisher = diagonal_fisher(model, xf, kind="true", chunk=64, generator=gen)
-        sigma = posterior(fisher, args.beta, 1.0)
-        # Sigma* is only as small as the Fisher is large: a model confident on its training
-        # images has a tiny Fisher, so a fixed beta perturbs it much more. Recorded to read ratios.
+        # Sigma* as the fisher rule sets it (atlib.fisher.POSTERIOR_RULE): prior lambda_l^2 = layer
+        # mean w^2, beta = 4 B / k for the loss budget B.
+        weights = {k: v.detach() for k, v in model.named_parameters()}
+        beta = beta_from_budget(args.loss_budget, sum(w.numel() for w in weights.values()))
+        sigma = posterior(fisher, beta, prior_variances(weights))
         scale = {"fisher_median": torch.cat([v.flatten() for v in fisher.values()]).median().item(),
                  "sigma_star_median": torch.cat([v.flatten() for v in sigma.values()]).median().item()}
         x, _ = sample_images(data, "test", 4, size, ch, gen)
@@ -125,13 +127,13 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=Path("results"), help="a finished run's results directory")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--lr", type=float, default=0.5)
-    ap.add_argument("--beta", type=float, default=1e-8)
+    ap.add_argument("--loss-budget", type=float, default=0.1, help="fisher.loss_budget (nats) that sets Sigma*")
     ap.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    settings = {"steps": args.steps, "lr": args.lr, "beta": args.beta, "optimizer": args.optimizer}
+    settings = {"steps": args.steps, "lr": args.lr, "loss_budget": args.loss_budget, "optimizer": args.optimizer}
     if args.model:
         if args.data is None:
             raise SystemExit("--model needs --data: the models' prepared source dataset (results/data/<source>)")
@@ -145,7 +147,8 @@ def main() -> None:
                 source, runs = "resnet8 trained here on sklearn digits (standard training)", \
                     from_models([model], data, args)
                 runs[0]["model"] = "digits resnet8 w0.25 (trained by the benchmark)"
-                settings = {"steps": args.steps, "lr": args.lr, "beta": args.beta, "optimizer": args.optimizer}
+                settings = {"steps": args.steps, "lr": args.lr, "loss_budget": args.loss_budget,
+                            "optimizer": args.optimizer}
     ratios = [r["variational"]["ratio"] for r in runs if r.get("variational", {}).get("ratio") is not None]
     record = {"source": source, "settings": settings, "paper_ratio": PAPER_RATIO, "runs": runs,
               "variational_reached_plain": f"{len(ratios)}/{len(runs)}",

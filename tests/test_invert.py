@@ -96,9 +96,10 @@ def test_invert_report(tiny_prepared, tmp_path):
 
     model = save_tiny_model(tmp_path / "model.pt", eps=1.0)
     fisher = {k: torch.rand_like(v) for k, v in model.named_parameters()}
-    atomic_save({"fisher": fisher, "lambda": 1.0}, tmp_path / "fisher.pt")
-    cfg = {"n_images": 2, "photos": ["coffee"], "steps": 5, "lr": 0.05, "sigma": 0.1, "beta": 1e-6,
-           "optimizer": "sgd"}
+    sigma = {k: 1e-4 * torch.rand_like(v) for k, v in model.named_parameters()}
+    atomic_save({"fisher": fisher, "sigma": sigma, "prior_var": {k: 1.0 for k in fisher}, "loss_budget": 0.1},
+                tmp_path / "fisher.pt")
+    cfg = {"n_images": 2, "photos": ["coffee"], "steps": 5, "lr": 0.05, "sigma": 0.1, "optimizer": "sgd"}
     runs = {}
     for method in ("plain", "variational"):
         out = tmp_path / method
