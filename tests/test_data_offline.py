@@ -65,7 +65,7 @@ def test_missing_dataset_message(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name,train,test,size,k", [
-    ("digits", 1297, 500, 8, 10), ("mnist5k", 4000, 1000, 28, 10), ("textures", 2000, 500, 28, 5)])
+    ("digits", 1297, 500, 8, 10), ("mnist5k", 3000, 2000, 28, 10), ("textures", 2000, 500, 28, 5)])
 def test_offline_datasets(tmp_path, name, train, test, size, k):
     meta = prepare(name, tmp_path / name, AcquireContext(tmp_path))
     assert meta["splits"] == {"train": train, "test": test}
