@@ -38,7 +38,12 @@ def _config(root: Path) -> dict:
                     "targets": TARGETS, "modes": [0, 1]},
             "sweep": {"source": "cifar10", "arch": "resnet18", "eps": [0, 0.5, 1], "seeds": [0],
                       "analyses": ["fisher", "representation", "invert"]},
+            # Gaussian-noise models at the sweep's eps: their trends are the opposite of the PGD
+            # ones (GN_*), so mixing them into the paper's frames would flip claims checked below.
+            "gn": {"source": "cifar10", "arch": "resnet18", "eps": [0.5, 1], "seeds": [0], "train": "gn",
+                   "analyses": ["fisher"]},
         },
+        "train_schedules": {"default": {}, "gn": {"objective": "gaussian"}},
         "report": {"bootstrap": 200},
     }
     return check_config(cfg, known_datasets=DATASETS)
@@ -100,7 +105,19 @@ def write_tree(root: Path) -> dict:
                    pd.DataFrame({"step": steps, "loss": np.exp(-rate * steps), "loss_noisy": np.exp(-rate * steps)}))
             _write(root / f"invert/{path}/{method}/summary.json",
                    {"method": method, "final_loss": float(np.exp(-rate * 100)), "steps": 100, "steps_to_reach": {}})
+    for eps in (0.5, 1):
+        path = f"cifar10/resnet18/gn{eps:g}/s0"
+        _write(root / f"models/{path}/metrics.json", {
+            "natural_acc": GN_NATURAL + eps, "pgd_acc": {"0.5": 1.0, "1": 0.5}, "weight_norm": 300.0 * eps,
+            "epochs": 3, "train_time_s": 1.0, "eps": float(eps), "source": "cifar10", "arch": "resnet18", "seed": 0})
+        _write(root / f"fisher/{path}/summary.json", {
+            "eps": eps, "kind": "true", "n_images": 16, "log_variance_mean": -5 - 4 * eps, "log_variance_per_layer": {},
+            "kl_total": 1.0, "kl_per_layer": {}, "fisher_trace": 1.0, "weight_norm": 300.0,
+            "input_fisher": {"lambda1": GN_LAMBDA1 * eps, "trace": 10.0, "trace_over_n": 0.5, "n": 100}})
     return cfg
+
+
+GN_NATURAL, GN_LAMBDA1 = 99.0, 50.0
 
 
 @pytest.fixture
@@ -141,6 +158,29 @@ def test_tables_and_gap_by_hand(report):
                  "inversion.csv", "information.csv", "claims.md", "claims.csv", "paper_comparison.md"]:
         assert (out / name).exists(), name
     assert "![" in (out / "summary.md").read_text()
+
+
+def test_gaussian_models_only_in_their_frames(tree):
+    res = load_results(tree)
+    gs, gf = res.gaussian_sources, res.gaussian_fisher
+    assert list(gs["eps"]) == [0.5, 1.0] and set(gs["objective"]) == {"gaussian"} and (gs["arch"] == "resnet18").all()
+    assert list(gs["natural_acc"]) == [GN_NATURAL + 0.5, GN_NATURAL + 1] and "pgd_acc_0.5" in gs
+    assert list(gf["lambda1"]) == [GN_LAMBDA1 * 0.5, GN_LAMBDA1] and set(gf["objective"]) == {"gaussian"}
+    assert list(gs.columns[:5]) == list(res.sources.columns[:5]) == ["source", "arch", "eps", "seed", "objective"]
+    assert set(gf.columns) == set(res.fisher.columns)
+    frames = [res.sources, res.histories, res.transfers, res.transfer_histories, res.fisher, res.representation,
+              res.tsne, res.invert, res.invert_curves]
+    for df in frames:
+        assert "objective" in df and not df.empty and "gaussian" not in set(df["objective"])
+    assert (res.sources["natural_acc"] < GN_NATURAL).all() and (res.fisher["lambda1"] < GN_LAMBDA1 / 2).all()
+    objective = res.sources.set_index(["arch", "eps", "seed"])["objective"]
+    assert objective[("resnet18", 0.0, 0)] == "standard" and objective[("resnet18", 0.5, 0)] == "madry"
+    assert set(res.distances["probe_objective"]) == {"standard"}
+    assert not any("/gn" in m for m in res.missing)
+    (Path(tree["results"]) / "fisher/cifar10/resnet18/gn1/s0/summary.json").unlink()
+    res = load_results(tree)
+    assert any(m.endswith("fisher/cifar10/resnet18/gn1/s0/summary.json") for m in res.missing)
+    assert np.isnan(res.gaussian_fisher.set_index("eps").loc[1.0, "lambda1"])
 
 
 def test_missing_cell_is_nan_and_logged(tree, tmp_path, caplog):
