@@ -67,7 +67,8 @@ rule invert:
         fisher=invert_fisher,
     output:
         png=report(f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/images.png", category="Inversion",
-                   subcategory="{source} {arch} {tag}{eps}", labels={"model": "{tag}{eps} s{seed}", "method": "{method}"}),
+                   subcategory="{source} {arch} {tag}{eps}",
+                   labels={"model": "{tag}{eps} s{seed}", "method": "{method}"}),
         curve=f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/curve.csv",
         summary=f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/summary.json",
     params:
