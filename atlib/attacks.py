@@ -1,4 +1,5 @@
-"""PGD attacks in pixel space [0, 1]: threat models, Madry's Eq. 1, TRADES (Eq. 2), evaluation.
+"""PGD attacks in pixel space [0, 1]: threat models, Madry's Eq. 1, TRADES (Eq. 2), evaluation;
+and `gaussian_noise`, the random perturbation of Gaussian-noise training.
 
 One small class per threat model (after MadryLab `robustness/attack_steps.py`): `step` moves
 along the gradient's steepest-ascent direction for the norm, `project` returns to the ball
@@ -9,6 +10,7 @@ and autocast set by the caller applies to the model's forward passes.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Callable
 
@@ -91,6 +93,28 @@ def make_step(norm: str, eps: float, step_size: float) -> AttackStep:
     if norm not in STEPS:
         raise ValueError(f"unknown attack norm {norm!r}: expected one of {sorted(STEPS)}")
     return STEPS[norm](eps, step_size)
+
+
+def gaussian_noise(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x + delta, delta ~ N(0, sigma^2 I) with sigma = eps / sqrt(n), clamped to the box [0, 1].
+
+    n = C*H*W (one example's dimension), so E||delta||^2 = eps^2: noise of L2 norm ~eps, the
+    random counterpart of an eps-ball attack (Gaussian-noise training, objective `gaussian`).
+    Fresh noise per example and call, drawn from `generator` or else torch's global RNG of
+    x's device (the one the trainer seeds and its resume state carries, as for PGD's start).
+    The clamp only shortens delta, as the attacks' projection does.
+
+    Args:
+        x: clean images (N, ...) in [0, 1]; the memory format is kept.
+        eps: expected L2 norm of the noise; 0 returns a copy of `x`.
+        generator: a generator on x's device, for reproducible draws outside the trainer.
+    """
+    x0 = x.detach()
+    if eps <= 0:
+        return x0.clone()
+    sigma = float(eps) / math.sqrt(x0[0].numel())
+    noise = torch.empty_like(x0).normal_(0.0, sigma, generator=generator)
+    return (x0 + noise).clamp_(0.0, 1.0)
 
 
 class _ModeGuard:

@@ -72,30 +72,61 @@ def eps_str(eps: float | str) -> str:
     return str(int(v)) if v.is_integer() else repr(v)
 
 
+# Path tag of a model by its training objective: Gaussian-noise models live beside, never on top
+# of, the PGD model of the same eps. Standard (eps 0) and adversarial models keep "eps".
+GAUSSIAN_TAG = "gn"
+TAGS = ("eps", GAUSSIAN_TAG)
+
+
 @dataclass(frozen=True)
 class ModelKey:
-    """One source model: `{source}/{arch}/eps{eps}/s{seed}`."""
+    """One source model: `{source}/{arch}/{tag}{eps}/s{seed}`, tag "eps" (standard and
+    adversarial training) or "gn" (objective gaussian, every eps including 0)."""
 
     source: str
     arch: str
     eps: str
     seed: int
+    tag: str = "eps"
 
     @property
     def path(self) -> str:
-        return f"{self.source}/{self.arch}/eps{self.eps}/s{self.seed}"
+        return f"{self.source}/{self.arch}/{self.tag}{self.eps}/s{self.seed}"
 
     @property
     def standard(self) -> "ModelKey":
+        """The standard model (eps 0, tag eps) of the same source, arch and seed."""
         return ModelKey(self.source, self.arch, "0", self.seed)
+
+    @property
+    def gaussian(self) -> bool:
+        return self.tag == GAUSSIAN_TAG
+
+
+def experiment_objective(config: dict, exp: dict) -> str:
+    """The training objective of an experiment's train schedule (schema default madry)."""
+    sched = (config.get("train_schedules") or {}).get(exp.get("train", "default")) or {}
+    return sched.get("objective", "madry")
+
+
+def experiment_tag(config: dict, exp: dict) -> str:
+    """The path tag of an experiment's models: "gn" for objective gaussian, else "eps"."""
+    return GAUSSIAN_TAG if experiment_objective(config, exp) == "gaussian" else "eps"
+
+
+def experiment_keys(config: dict, exp: dict) -> Iterator[ModelKey]:
+    """The models of one experiment, eps-major then seed, as `iter_models` lists them."""
+    tag = experiment_tag(config, exp)
+    for eps in exp["eps"]:
+        for seed in exp["seeds"]:
+            yield ModelKey(exp["source"], exp["arch"], eps_str(eps), seed, tag)
 
 
 def iter_models(config: dict) -> Iterator[tuple[str, ModelKey]]:
     """(experiment name, model) for every model of every experiment, in config order."""
     for name, exp in config["experiments"].items():
-        for eps in exp["eps"]:
-            for seed in exp["seeds"]:
-                yield name, ModelKey(exp["source"], exp["arch"], eps_str(eps), seed)
+        for key in experiment_keys(config, exp):
+            yield name, key
 
 
 def model_experiments(config: dict) -> dict[str, str]:
@@ -159,6 +190,10 @@ def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
         _check_near_far(exp, where)
         if exp["train"] not in config["train_schedules"]:
             raise ConfigError(f"config error at {where}.train: no train_schedules entry {exp['train']!r}")
+        if exp["targets"] and experiment_tag(config, exp) == GAUSSIAN_TAG:
+            raise ConfigError(f"config error at {where}.targets: transfers from Gaussian-noise models "
+                              f"(train schedule {exp['train']!r} has objective gaussian) are not supported; "
+                              "list the targets in an experiment with a madry or trades schedule")
         if exp["targets"] and exp["finetune"] not in config["finetune_schedules"]:
             raise ConfigError(f"config error at {where}.finetune: no finetune_schedules entry {exp['finetune']!r}")
         for k in exp["pretrained"]:
@@ -171,7 +206,7 @@ def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
         if exp["targets"] and 0 not in [float(e) for e in exp["eps"]]:
             raise ConfigError(f"config error at {where}.eps: transfer needs the standard model (eps 0) "
                               "to compare against")
-        for key in (ModelKey(exp["source"], exp["arch"], eps_str(e), s) for e in exp["eps"] for s in exp["seeds"]):
+        for key in experiment_keys(config, exp):
             sig = (exp["width"], exp["train"])
             if seen.setdefault(key.path, sig) != sig:
                 raise ConfigError(f"config error at {where}: model {key.path} is defined again with another "

@@ -5,7 +5,8 @@ per finished job, found again through its `job_key` tag (the job's path under `r
 "transfer/fmnist04/resnet8/eps1/s0/mnist5k/mode0"). A run whose files and params are unchanged
 (`content_hash` tag) is skipped; a changed job's run is deleted and logged again from scratch, so
 metric histories never hold stale or doubled points. Every wildcard is its own tag, so the UI can
-filter e.g. `tags.rule = 'transfer' and tags.mode = '0' and tags.eps = '1'`.
+filter e.g. `tags.rule = 'transfer' and tags.mode = '0' and tags.eps = '1'` (the `tag` wildcard:
+"eps" for standard and adversarial models, "gn" for Gaussian-noise ones).
 
 `LiveLogger` lets a training job stream its metrics while it runs. It never raises: if the server
 is down or slow it warns once and turns itself off; the ingest later replaces the live run with
@@ -40,10 +41,11 @@ BATCH_METRICS, BATCH_PARAMS, BATCH_TAGS = 1000, 100, 100
 
 _WILDCARD_RE = {
     "source": r"[A-Za-z0-9_\-]+", "dataset": r"[A-Za-z0-9_\-]+", "target": r"[A-Za-z0-9_\-]+",
-    "arch": r"resnet[0-9]+(?:_imagenet)?", "eps": r"[0-9]+(?:\.[0-9]+)?", "seed": r"[0-9]+",
+    "arch": r"resnet[0-9]+(?:_imagenet)?", "tag": r"eps|gn", "eps": r"[0-9]+(?:\.[0-9]+)?", "seed": r"[0-9]+",
     "mode": r"[012]", "method": r"plain|variational|effective",
 }
-MODEL_PATH = "{source}/{arch}/eps{eps}/s{seed}"
+# As workflow/rules/common.smk: tag "eps" (standard, adversarial) or "gn" (Gaussian-noise models).
+MODEL_PATH = "{source}/{arch}/{tag}{eps}/s{seed}"
 
 
 class TrackingError(RuntimeError):

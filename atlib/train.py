@@ -1,6 +1,8 @@
-"""Source training (rule train_source): standard (eps 0) and PGD adversarial training.
+"""Source training (rule train_source): standard (eps 0), PGD adversarial and Gaussian-noise training.
 
-Madry et al.'s objective (the paper's Eq. 1) or TRADES (Eq. 2), SGD with the schedule of
+Madry et al.'s objective (the paper's Eq. 1), TRADES (Eq. 2) or Gaussian noise of L2 norm ~eps
+(objective `gaussian`, `attacks.gaussian_noise`; the paper's weaker regularizer of Section 3,
+about the cost of standard training), SGD with the schedule of
 the config, bf16 autocast and channels_last where the schedule enables them, resumable
 from `<out_dir>/resume/` (bit-identical on CPU), and DDP across ranks with the same global
 batch. Outputs (model.pt, history.csv, metrics.json) are written atomically at the very end.
@@ -24,7 +26,7 @@ from tqdm import tqdm
 
 from . import distributed as ddp
 from . import resume
-from .attacks import _ModeGuard, evaluate, natural_correct, pgd, trades_loss
+from .attacks import _ModeGuard, evaluate, gaussian_noise, natural_correct, pgd, trades_loss
 from .augment import augment_batch
 from .checkpoint import save_model
 from .config import ConfigError, load_schema, validate_schema
@@ -38,6 +40,9 @@ logger = logging.getLogger("atlib.train")
 
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "train_adv_acc", "test_acc", "test_adv_acc",
                    "weight_norm", "time_s"]
+# For eps > 0: train_acc is clean accuracy, train_adv_acc the accuracy on the batch actually
+# trained on (PGD examples; for objective gaussian the noisy batch), test_adv_acc PGD accuracy at
+# the training eps (for gaussian too: the noise model's robustness to the attack of the same eps).
 # Clean accuracy of adversarial training is measured on every NATURAL_EVERY-th batch only:
 # an extra forward per batch would cost ~6% of a PGD-2..7 step for a monitoring number.
 NATURAL_EVERY = 5
@@ -72,8 +77,9 @@ def weight_norm(model: nn.Module) -> float:
 class Objective(nn.Module):
     """The training loss of one batch, as a module so DDP sees one forward per step.
 
-    forward(x, y) -> (per-example loss, logits on the trained inputs (adversarial for
-    eps > 0), clean logits when the objective computes them anyway (TRADES), else None).
+    forward(x, y) -> (per-example loss, logits on the trained inputs (adversarial, or noisy
+    for objective gaussian, when eps > 0), clean logits when the objective computes them
+    anyway (TRADES), else None).
     """
 
     def __init__(self, net: nn.Module, eps: float, sched: dict[str, Any]) -> None:
@@ -88,6 +94,9 @@ class Objective(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor):
         if self.eps == 0:
             logits = self.net(x)
+            return F.cross_entropy(logits.float(), y, reduction="none"), logits, None
+        if self.objective == "gaussian":  # one forward, like standard training
+            logits = self.net(gaussian_noise(x, self.eps))
             return F.cross_entropy(logits.float(), y, reduction="none"), logits, None
         if self.objective == "trades":
             per_example, nat, adv = trades_loss(self.net, x, y, self.eps, self.steps, self.step_size, self.beta,
@@ -203,7 +212,8 @@ def train_source(
         data_dir: a prepared dataset (`results/data/{source}`).
         out_dir: the model's directory; `out_dir/resume/` holds the resumable state.
         arch, width: backbone (`models.build_model`).
-        eps: L2 (or the schedule's norm) training radius; 0 = standard training.
+        eps: L2 (or the schedule's norm) training radius, or the noise's expected L2 norm for
+            objective gaussian; 0 = standard training.
         seed: the model's seed (the `s{seed}` of its path), recorded in the outputs; it also
             seeds model init, data order, augmentation and attacks unless `rng_seed` is given.
         schedule: a `train_schedules` entry (missing keys take the schema defaults).

@@ -50,7 +50,8 @@ MODES = {0: "head + last BatchNorm", 1: "head + every BatchNorm", 2: "whole netw
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_top1", "time_s")
 EVAL_BATCH = 256
 CHECK_EVERY = 50  # steps between finiteness checks of the loss (each one syncs a GPU)
-_MODEL_KEY = re.compile(r"^(?P<source>[^/]+)/(?P<arch>[^/]+)/eps(?P<eps>[0-9.]+)/s(?P<seed>[0-9]+)$")
+# atlib.config.ModelKey.path: tag "eps" (standard, adversarial) or "gn" (Gaussian-noise training).
+_MODEL_KEY = re.compile(r"^(?P<source>[^/]+)/(?P<arch>[^/]+)/(?P<tag>eps|gn)(?P<eps>[0-9.]+)/s(?P<seed>[0-9]+)$")
 
 
 class TransferError(ValueError):
@@ -276,7 +277,7 @@ def cache_accuracy(model: ResNet, cache: TailCache, device: torch.device, bf16: 
 
 def parse_model_key(model_path: str | Path, model_key: str | None = None) -> tuple[str, str | None, float | None]:
     """(model path key, arch, eps) from `model_key` or from the results layout of `model_path`
-    (`.../models/{source}/{arch}/eps{eps}/s{seed}/model.pt`); arch/eps are None if unparsable."""
+    (`.../models/{source}/{arch}/{eps|gn}{eps}/s{seed}/model.pt`); arch/eps are None if unparsable."""
     key = model_key or "/".join(Path(model_path).parts[-5:-1])
     m = _MODEL_KEY.match(key)
     if m is None:
@@ -372,7 +373,7 @@ def transfer(
         device: "cpu", "cuda", "auto" or a torch.device.
         threads: torch threads.
         log: where per-epoch lines go.
-        model_key: "{source}/{arch}/eps{eps}/s{seed}" of the source model (metrics'
+        model_key: "{source}/{arch}/{eps|gn}{eps}/s{seed}" of the source model (metrics'
             source_model and eps); default: read from `model_path`'s results layout.
         arch: the architecture the source model must have (default: the key's).
         save_model_to: also save the fine-tuned model there (not an output of the rule).

@@ -1,4 +1,4 @@
-"""PGD threat models, Madry/TRADES objectives and robust evaluation (tiny models, CPU)."""
+"""PGD threat models, Madry/TRADES objectives, Gaussian noise and robust evaluation (tiny models, CPU)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from atlib.attacks import L2Step, LinfStep, evaluate, pgd, trades_loss
+from atlib.attacks import L2Step, LinfStep, evaluate, gaussian_noise, pgd, trades_loss
 from atlib.models import build_model
 from atlib.runtime import autocast
 
@@ -137,3 +137,41 @@ def test_evaluate_keys_and_worst_case(trained):
     assert out["pgd_acc"]["0"] == pytest.approx(nat_30)  # eps 0 = natural accuracy of the attacked subset
     assert out["pgd_acc"]["2"] <= out["pgd_acc"]["0.5"] <= nat_30
     assert 0 <= out["natural_acc"] <= 100
+
+
+def test_gaussian_noise_sigma_and_norm():
+    """sigma = eps / sqrt(n): per-coordinate std eps/sqrt(n), per-example L2 norm ~eps (no clamp here)."""
+    x = torch.full((64, 3, 32, 32), 0.5)  # n = 3072; 0.5 +- 6 sigma stays inside [0, 1]
+    eps = 2.0
+    g = torch.Generator().manual_seed(0)
+    d = gaussian_noise(x, eps, g) - x
+    sigma = eps / 3072 ** 0.5
+    assert float(d.std()) == pytest.approx(sigma, rel=0.01) and abs(float(d.mean())) < 0.01 * sigma
+    norms = _norms(d)
+    # ||d||^2 / sigma^2 ~ chi^2_n: the norm concentrates at eps within a few 1/sqrt(2n)
+    assert float(norms.mean()) == pytest.approx(eps, rel=0.01) and float(norms.std()) < 0.03 * eps
+    assert float(d.abs().max()) < 0.5  # so nothing was clamped and the numbers above are the noise's
+
+
+def test_gaussian_noise_clamps_to_the_box_and_keeps_layout():
+    x = torch.cat([torch.zeros(4, 3, 8, 8), torch.ones(4, 3, 8, 8)]).contiguous(memory_format=torch.channels_last)
+    out = gaussian_noise(x, 8.0, torch.Generator().manual_seed(1))  # sigma ~0.5: half of the noise leaves the box
+    assert out.min() >= 0 and out.max() <= 1
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.shape == x.shape
+    # at a pixel on the box's edge about half the draws point outside and are clamped onto it
+    at_edge = torch.cat([(out[:4] == 0).flatten(), (out[4:] == 1).flatten()]).float().mean()
+    assert 0.4 < float(at_edge) < 0.6
+    assert torch.equal(gaussian_noise(x, 0.0), x)
+
+
+def test_gaussian_noise_is_fresh_but_seeded():
+    x = torch.rand(8, 1, 8, 8)
+    a = gaussian_noise(x, 1.0, torch.Generator().manual_seed(5))
+    assert torch.equal(a, gaussian_noise(x, 1.0, torch.Generator().manual_seed(5)))
+    assert not torch.equal(a, gaussian_noise(x, 1.0, torch.Generator().manual_seed(6)))
+    torch.manual_seed(2)  # without a generator: torch's global RNG, which the trainer seeds and resumes
+    b1, b2 = gaussian_noise(x, 1.0), gaussian_noise(x, 1.0)
+    torch.manual_seed(2)
+    assert torch.equal(b1, gaussian_noise(x, 1.0)) and not torch.equal(b1, b2)
+    d = b1 - x
+    assert not torch.equal(d[0], d[1])  # a fresh draw per example

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atlib.config import ConfigError, ModelKey, check_config, eps_str, iter_models, ladder_levels, near_far
+from atlib.config import (ConfigError, ModelKey, check_config, eps_str, iter_models, ladder_levels, model_experiments,
+                          near_far)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {"fashion_mnist", "mnist5k", "digits", "textures", "cifar10", "cifar100", "imagenet", "mnist",
@@ -40,6 +41,45 @@ def test_paper_grid_models():
 def test_eps_canonical_form():
     assert [eps_str(e) for e in (0, 0.0, 1, 1.0, 0.5, 0.25, 3)] == ["0", "0", "1", "1", "0.5", "0.25", "3"]
     assert ModelKey("cifar10", "resnet18", "0.5", 1).path == "cifar10/resnet18/eps0.5/s1"
+
+
+def test_gaussian_model_path_tag():
+    key = ModelKey("cifar10", "resnet18", "0.5", 1, "gn")
+    assert key.path == "cifar10/resnet18/gn0.5/s1" and key.gaussian
+    assert key.standard.path == "cifar10/resnet18/eps0/s1" and not key.standard.gaussian
+    assert ModelKey("cifar10", "resnet18", "0", 1, "gn").path == "cifar10/resnet18/gn0/s1"
+
+
+def _with_gaussian(cfg: dict, **exp) -> dict:
+    """`cfg` plus experiment `gn` (the demo's source and arch) trained with a gaussian schedule."""
+    cfg["train_schedules"]["gn"] = {**cfg["train_schedules"]["demo"], "objective": "gaussian"}
+    demo_exp = cfg["experiments"]["demo"]
+    cfg["experiments"]["gn"] = {"source": demo_exp["source"], "arch": demo_exp["arch"], "width": demo_exp["width"],
+                                "eps": [0, 1], "seeds": [0], "train": "gn", "analyses": ["fisher"], **exp}
+    return cfg
+
+
+def test_gaussian_experiment_models_beside_pgd_ones():
+    cfg = check_config(_with_gaussian(demo()), DATASETS)
+    src, arch = cfg["experiments"]["demo"]["source"], cfg["experiments"]["demo"]["arch"]
+    gn = [k for name, k in iter_models(cfg) if name == "gn"]
+    assert [k.path for k in gn] == [f"{src}/{arch}/gn0/s0", f"{src}/{arch}/gn1/s0"]
+    others = {k.path for name, k in iter_models(cfg) if name != "gn"}
+    assert f"{src}/{arch}/eps1/s0" in others and f"{src}/{arch}/eps0/s0" in others  # no collision
+    owners = model_experiments(cfg)
+    assert owners[f"{src}/{arch}/gn1/s0"] == "gn" and owners[f"{src}/{arch}/eps1/s0"] != "gn"
+
+
+def test_gaussian_experiment_with_targets_refused():
+    with pytest.raises(ConfigError, match=r"experiments\.gn\.targets: transfers from Gaussian-noise models"):
+        check_config(_with_gaussian(demo(), targets=["mnist5k"]), DATASETS)
+
+
+def test_gaussian_schedule_validated():
+    cfg = demo()
+    cfg["train_schedules"]["demo"]["objective"] = "gauss"
+    with pytest.raises(ConfigError, match=r"train_schedules\.demo\.objective"):
+        check_config(cfg, DATASETS)
 
 
 def _set(cfg: dict, dotted: str, value) -> dict:

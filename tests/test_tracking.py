@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from atlib.config import check_config, config_hash
-from atlib.tracking import LiveLogger, TrackingError, default_uri, find_jobs, ingest, job_key
+from atlib.tracking import LiveLogger, TrackingError, default_uri, find_jobs, ingest, job_key, job_params
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "src/resnet8/eps{eps}/s0"
@@ -81,7 +81,7 @@ def test_finds_every_kind_and_job_keys_match(results):
         "invert/src/resnet8/eps0.5/s0/variational", "models/src/resnet8/eps0.5/s0", "models/src/resnet8/eps0/s0",
         "representation/src/resnet8/eps0/s0", "transfer/src/resnet8/eps0.5/s0/near/mode0"]
     assert jobs["transfer/src/resnet8/eps0.5/s0/near/mode0"].wildcards == {
-        "source": "src", "arch": "resnet8", "eps": "0.5", "seed": "0", "target": "near", "mode": "0",
+        "source": "src", "arch": "resnet8", "tag": "eps", "eps": "0.5", "seed": "0", "target": "near", "mode": "0",
         "source_model": "src/resnet8/eps0.5/s0"}
     assert "model.pt" not in {f.name for f in jobs["models/src/resnet8/eps0/s0"].files}
     # what a job's script computes from its own output equals what the ingest finds
@@ -90,6 +90,23 @@ def test_finds_every_kind_and_job_keys_match(results):
                      ("invert/src/resnet8/eps0.5/s0/variational",
                       "invert/src/resnet8/eps0.5/s0/variational/images.png")]:
         assert job_key(results, results / out) == key
+
+
+def test_gaussian_model_jobs_have_tag_gn_and_their_experiment(results, config):
+    """A Gaussian-noise model (tests/configs/tiny.yaml's tiny_gn) beside the PGD one: own job keys."""
+    gn = results / "models" / "src/resnet8/gn1/s0"
+    _write(gn / "metrics.json", json.dumps({"natural_acc": 50.0, "pgd_acc": {"0.5": 5.0}, "weight_norm": 12.0,
+                                            "epochs": 1, "train_time_s": 1.0, "eps": 1.0, "source": "src",
+                                            "arch": "resnet8", "seed": 0}))
+    _write(results / "fisher" / "src/resnet8/gn1/s0" / "summary.json", json.dumps({"eps": 1.0}))
+    jobs = {j.key: j for j in find_jobs(results)}
+    assert {"models/src/resnet8/gn1/s0", "fisher/src/resnet8/gn1/s0", "models/src/resnet8/eps0.5/s0"} <= set(jobs)
+    model = jobs["models/src/resnet8/gn1/s0"]
+    assert model.wildcards == {"source": "src", "arch": "resnet8", "tag": "gn", "eps": "1", "seed": "0"}
+    assert job_key(results, gn / "model.pt") == "models/src/resnet8/gn1/s0"
+    params = job_params(model, config)
+    assert params["experiment"] == "tiny_gn" and params["train.objective"] == "gaussian"
+    assert job_params(jobs["models/src/resnet8/eps0.5/s0"], config)["train.objective"] == "madry"
 
 
 def test_ingest_twice_is_idempotent_with_tags_and_histories(results, config):

@@ -27,7 +27,7 @@ def tiny_schedule(**over) -> dict:
 
 
 @pytest.mark.parametrize("eps,objective,norm", [(0.0, "madry", "l2"), (0.5, "madry", "l2"), (0.5, "trades", "l2"),
-                                                (0.05, "madry", "linf")])
+                                                (0.05, "madry", "linf"), (0.5, "gaussian", "l2")])
 def test_train_source_outputs(tiny_prepared: Path, tmp_path: Path, eps, objective, norm):
     out = tmp_path / "model"
     sched = tiny_schedule(objective=objective, attack={"steps": 2, "norm": norm})
@@ -47,6 +47,61 @@ def test_train_source_outputs(tiny_prepared: Path, tmp_path: Path, eps, objectiv
     assert meta["normalization"] is None and meta["num_classes"] == 3
     assert metrics["weight_norm"] == pytest.approx(weight_norm(model))
     assert not (out / "resume").exists()
+
+
+class _Counting(torch.nn.Module):
+    """Wraps a model and records the inputs of every forward pass."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.inputs = net, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.net(x)
+
+
+def test_gaussian_objective_one_noisy_forward():
+    """Gaussian training costs one forward per batch (as standard training; PGD-2 costs three), on
+    x + noise of norm ~eps, fresh at each step."""
+    from atlib.models import build_model
+
+    sched = schedule_defaults(tiny_schedule(objective="gaussian"))
+    x, y = torch.rand(6, 1, 8, 8) * 0.2 + 0.4, torch.arange(6) % 3
+    counts = {}
+    for objective in ("gaussian", "madry"):
+        torch.manual_seed(0)
+        net = _Counting(build_model("resnet8", 3, 1, width=0.0625))
+        obj = train_mod.Objective(net, 1.0, {**sched, "objective": objective})
+        losses, logits, nat = obj(x, y)
+        counts[objective] = len(net.inputs)
+        if objective == "gaussian":
+            assert losses.shape == (6,) and logits.shape == (6, 3) and nat is None
+            d = net.inputs[0] - x
+            norms = torch.linalg.vector_norm(d.flatten(1), dim=1)
+            assert ((norms > 0.7) & (norms < 1.3)).all()  # n = 64: norm ~ eps * (1 +- 1/sqrt(128))
+            obj(x, y)
+            assert not torch.equal(net.inputs[1], net.inputs[0])
+    assert counts == {"gaussian": 1, "madry": 3}
+
+
+def test_gaussian_training_resumes_bit_identically(tiny_prepared: Path, tmp_path: Path):
+    from atlib import resume
+    from atlib.checkpoint import safe_load
+
+    sched = tiny_schedule(objective="gaussian", epochs=3)
+    args = dict(arch="resnet8", width=0.0625, eps=1.0, seed=4, schedule=sched, threads=1)
+    train_source(tiny_prepared, tmp_path / "ref", **args)
+    with pytest.raises(resume.Interrupted):
+        train_source(tiny_prepared, tmp_path / "cut", _stop_after_epoch=1, **args)
+    train_source(tiny_prepared, tmp_path / "cut", **args)
+    ref, cut = safe_load(tmp_path / "ref" / "model.pt"), safe_load(tmp_path / "cut" / "model.pt")
+    assert all(torch.equal(ref["state_dict"][k], cut["state_dict"][k]) for k in ref["state_dict"])
+    assert ref["meta"]["objective"] == "gaussian"
+    # the noise matters: the same seed without it (standard training) ends elsewhere
+    train_source(tiny_prepared, tmp_path / "std", **{**args, "schedule": tiny_schedule(epochs=3), "eps": 0.0})
+    std = safe_load(tmp_path / "std" / "model.pt")["state_dict"]
+    assert not all(torch.equal(ref["state_dict"][k], std[k]) for k in std)
 
 
 def test_training_learns(tiny_prepared: Path, tmp_path: Path):

@@ -252,3 +252,12 @@ def test_cache_too_large_falls_back_or_fails(tmp_path, setup, monkeypatch):
     assert m["cached"] is False
     with pytest.raises(TransferError, match="cache_max_mb"):
         transfer(src, tgt, tmp_path / "always", mode=0, schedule=schedule(epochs=1, cache_features="always"))
+
+
+def test_parse_model_key_reads_both_path_tags():
+    from atlib.transfer import parse_model_key
+
+    assert parse_model_key("r/models/src/resnet8/eps0.5/s1/model.pt") == ("src/resnet8/eps0.5/s1", "resnet8", 0.5)
+    assert parse_model_key("r/models/src/resnet8/gn1/s0/model.pt") == ("src/resnet8/gn1/s0", "resnet8", 1.0)
+    assert parse_model_key("x", "src/resnet8/gn0.25/s2") == ("src/resnet8/gn0.25/s2", "resnet8", 0.25)
+    assert parse_model_key("x", "src/resnet8/noise1/s2") == ("src/resnet8/noise1/s2", None, None)

@@ -48,6 +48,34 @@ def test_demo_dry_run(tmp_path):
     assert counts["transfer"] == 4 * 7 + 2 * 2 * 2
 
 
+def planned_outputs(output: str) -> dict[str, list[str]]:
+    """rule -> the output files of its planned jobs, from a dry run's job blocks."""
+    out: dict[str, list[str]] = {}
+    rule = None
+    for line in output.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if m:
+            rule = m.group(1)
+        elif rule and line.strip().startswith("output:"):
+            out.setdefault(rule, []).extend(p.strip() for p in line.split(":", 1)[1].split(","))
+    return out
+
+
+def test_tiny_dry_run_plans_gaussian_models_beside_pgd_ones(tmp_path):
+    """tests/configs/tiny.yaml's tiny_gn: a Gaussian-noise model at src/resnet8/gn1/s0, with its Fisher."""
+    r = snakemake("-n", "-d", str(tmp_path), "--configfile", str(ROOT / "tests/configs/tiny.yaml"),
+                  "--config", "results=results")
+    assert r.returncode == 0, r.stderr[-3000:]
+    planned = planned_outputs(r.stdout)
+    assert "results/models/src/resnet8/gn1/s0/model.pt" in planned["train_source"]
+    assert "results/models/src/resnet8/eps0.5/s0/model.pt" in planned["train_source"]
+    assert "results/fisher/src/resnet8/gn1/s0/summary.json" in planned["fisher"]
+    assert job_counts(r.stdout)["train_source"] == 3
+    assert not any("gn1" in f for rule in ("transfer", "representation", "invert", "task_distance")
+                   for f in planned.get(rule, []))
+    assert "tag=gn, eps=1" in r.stdout
+
+
 @pytest.mark.parametrize("edit,expect", [
     (lambda c: c["experiments"]["demo"].__setitem__("modes", [3]), "experiments.demo.modes[0]"),
     (lambda c: c["experiments"]["demo"].__setitem__("source", "nope"), "experiments.demo.source"),
@@ -81,7 +109,8 @@ def test_tiny_end_to_end_outputs(tiny_run):
                 "transfer/src/resnet8/eps0.5/s0/far/mode2/metrics.json", "distance/src/resnet8/eps0/s0/near.json",
                 "fisher/src/resnet8/eps0.5/s0/summary.json", "representation/src/resnet8/eps0/s0/summary.json",
                 "invert/src/resnet8/eps0.5/s0/variational/curve.csv", "report/summary.md", "report/claims.md",
-                "report/gap_vs_distance.png", "report/paper_comparison.csv", "tracking/ingest.json"]:
+                "report/gap_vs_distance.png", "report/paper_comparison.csv", "tracking/ingest.json",
+                "models/src/resnet8/gn1/s0/history.csv", "fisher/src/resnet8/gn1/s0/summary.json"]:
         assert (res / rel).exists(), rel
 
 

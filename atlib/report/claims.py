@@ -55,7 +55,8 @@ def load_claims(path: str | Path = CLAIMS_MD) -> pd.DataFrame:
 
 def _decide(tests: list[Test], lines: list[str], reason: str) -> Finding:
     """Verdict from the tests that have enough units (unanimous, else inconclusive); the headline
-    is the first of them (or the first test). No test at all: not testable here, with `reason`."""
+    is the first of them (or the first test). No test with data: not testable here, with `reason`."""
+    tests = [t for t in tests if t.n > 0]
     if not tests:
         return Finding(NOT_TESTABLE, [reason] + lines)
     strong = [t for t in tests if t.n >= MIN_UNITS]
@@ -159,6 +160,8 @@ def claim4(c: Ctx) -> Finding:
         otdd = gap_distance_points(c.res.transfers, c.res.distances, source, arch, "otdd")
         for (eps, mode), p in emd[emd["mode"] == 0].groupby(["eps", "mode"]):
             p = p.dropna(subset=["mean", "distance"])
+            if p.empty:
+                continue
             t = correlation_test(p["distance"], p["mean"], +1, "targets",
                                  f"{source} ({arch}) eps {eps:g} mode 0: Spearman ρ(gap, EMD)", c.n_boot)
             tests.append(t)
@@ -210,6 +213,7 @@ def claim7(c: Ctx) -> Finding:
     t = c.res.transfers.dropna(subset=["top1"])
     on = KEY_COLS + ["target"]
     m = t[t["mode"] == 0][on + ["top1"]].merge(t[t["mode"] == 1][on + ["top1"]], on=on, suffixes=("_0", "_1"))
+    m = m[m["target"] != m["source"]]
     tests, lines = [], []
     for (source, arch), d in m.groupby(["source", "arch"], sort=False):
         per_target = (d["top1_1"] - d["top1_0"]).groupby(d["target"]).mean()

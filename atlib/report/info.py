@@ -12,7 +12,8 @@ from .load import KEY_COLS, Results
 def information_table(res: Results) -> pd.DataFrame:
     """One row per analysed model: Fisher (weights and input), kNN accuracy, silhouette, final ||w||."""
     f, r = res.fisher, res.representation
-    out = f.merge(r, on=KEY_COLS, how="outer") if not f.empty or not r.empty else pd.DataFrame(columns=KEY_COLS)
+    on = KEY_COLS + ["objective"]  # objective follows from the key: merged on, not duplicated
+    out = f.merge(r, on=on, how="outer") if not f.empty or not r.empty else pd.DataFrame(columns=on)
     h = res.histories
     if not h.empty and "weight_norm" in h:
         final = h.sort_values("epoch").groupby(KEY_COLS, as_index=False).last()[KEY_COLS + ["weight_norm"]]

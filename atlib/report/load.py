@@ -3,6 +3,11 @@
 The config (not a directory scan) says what should exist, so a missing file is known by
 name: it is logged with `logging.warning`, listed in `Results.missing`, and its cells stay
 NaN (never 0). A corrupt file stops with a message naming it.
+
+Every per-model frame has a column `objective` ("standard" for eps 0, "madry" or "trades" for
+adversarial models, "gaussian" for Gaussian-noise ones; distances: `probe_objective`). The
+report groups by eps, so Gaussian-noise models (path tag gn, every eps) are kept out of the
+paper's frames: their rows are only in `gaussian_sources` and `gaussian_fisher`.
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import ModelKey, eps_str, iter_models
+from ..config import ModelKey, eps_str, experiment_objective, iter_models
 
 log = logging.getLogger("atlib.report")
 
 KEY_COLS = ["source", "arch", "eps", "seed"]
+SOURCE_COLS = KEY_COLS + ["objective", "natural_acc", "weight_norm"]
+FISHER_COLS = KEY_COLS + ["objective", "log_variance_mean", "lambda1", "trace_over_n"]
+SWEEP_COLS = ["loss_budget", "beta", "log_variance_mean", "kl_total", "loss_increase", "noisy_acc"]
+IMAGE_COLS = ["objective", "method", "image", "psnr", "ssim"]
 
 
 @dataclass
@@ -32,6 +41,16 @@ class Jobs:
     analyses: dict[str, list[ModelKey]]
     invert_methods: list[str]
     probe: str
+    objectives: dict[ModelKey, str] = field(default_factory=dict)
+
+    def objective(self, key: ModelKey) -> str:
+        """The model's `objective` column (a probe outside the config is a standard model)."""
+        return self.objectives.get(key, "gaussian" if key.gaussian else "standard" if float(key.eps) == 0
+                                   else "madry")
+
+    def cols(self, key: ModelKey) -> dict:
+        """The key columns of a model's rows, plus its objective."""
+        return {**_key_cols(key), "objective": self.objective(key)}
 
 
 def probe_of(key: ModelKey, probe: str) -> ModelKey:
@@ -42,11 +61,15 @@ def expected_jobs(config: dict) -> Jobs:
     models, transfers, distances = [], [], []
     analyses: dict[str, list[ModelKey]] = {"fisher": [], "representation": [], "invert": []}
     probe = config.get("distance", {}).get("probe", "standard")
+    objectives: dict[ModelKey, str] = {}
     for name, key in iter_models(config):
         exp = config["experiments"][name]
         if key not in models:
             models.append(key)
-        for target in exp.get("targets", []):
+            objective = experiment_objective(config, exp)
+            objectives[key] = objective if objective == "gaussian" or float(key.eps) > 0 else "standard"
+        # check_config refuses targets on Gaussian-noise experiments; an unchecked config is not read wrong.
+        for target in (exp.get("targets", []) if not key.gaussian else []):
             for mode in exp.get("modes", [0]):
                 if (key, target, mode) not in transfers:
                     transfers.append((key, target, mode))
@@ -57,7 +80,7 @@ def expected_jobs(config: dict) -> Jobs:
             if key not in analyses[a]:
                 analyses[a].append(key)
     methods = config.get("invert", {}).get("methods", ["plain", "variational", "effective"])
-    return Jobs(models, transfers, distances, analyses, list(methods), probe)
+    return Jobs(models, transfers, distances, analyses, list(methods), probe, objectives)
 
 
 @dataclass
@@ -75,9 +98,13 @@ class Results:
     tsne: pd.DataFrame
     invert: pd.DataFrame
     invert_curves: pd.DataFrame
-    fisher_sweep: pd.DataFrame
-    invert_images: pd.DataFrame
     missing: list[str] = field(default_factory=list)
+    # Gaussian-noise models (objective gaussian), same columns as `sources` and `fisher`.
+    gaussian_sources: pd.DataFrame = field(default_factory=lambda: _frame([], SOURCE_COLS))
+    gaussian_fisher: pd.DataFrame = field(default_factory=lambda: _frame([], FISHER_COLS))
+    # Per (model, loss budget) of the fisher rule's beta sweep, and per (model, method, test image).
+    fisher_sweep: pd.DataFrame = field(default_factory=lambda: _frame([], KEY_COLS + SWEEP_COLS))
+    invert_images: pd.DataFrame = field(default_factory=lambda: _frame([], KEY_COLS + IMAGE_COLS))
 
     def experiment_groups(self) -> list[tuple[str, str]]:
         """(source, arch) of every experiment with transfers, in config order."""
@@ -148,35 +175,67 @@ def _frame(rows: list[dict], cols: list[str]) -> pd.DataFrame:
     return df
 
 
+def _source_row(rd: _Reader, key: ModelKey, cols: dict) -> dict:
+    """A `sources` row: the model's metrics.json (NaN cells when it is missing)."""
+    m = rd.json(f"models/{key.path}/metrics.json", "source model metrics")
+    row = dict(cols)
+    if m is not None:
+        row.update(natural_acc=m.get("natural_acc", np.nan), weight_norm=m.get("weight_norm", np.nan),
+                   epochs=m.get("epochs", np.nan), train_time_s=m.get("train_time_s", np.nan),
+                   **_pgd_cols(m.get("pgd_acc")))
+    else:
+        row.update(natural_acc=np.nan, weight_norm=np.nan)
+    return row
+
+
+def _fisher_row(rd: _Reader, key: ModelKey, cols: dict) -> tuple[dict, list[dict]]:
+    """A `fisher` row (weights, posterior calibration, input Fisher) and the model's beta-sweep rows,
+    from its Fisher summary.json."""
+    f = rd.json(f"fisher/{key.path}/summary.json", "Fisher summary")
+    row = dict(cols)
+    if f is None:
+        return row, []
+    inp, post = f.get("input_fisher") or {}, f.get("posterior") or {}
+    row.update(log_variance_mean=f.get("log_variance_mean", np.nan), kl_total=f.get("kl_total", np.nan),
+               fisher_trace=f.get("fisher_trace", np.nan), fisher_weight_norm=f.get("weight_norm", np.nan),
+               loss_budget=post.get("loss_budget", np.nan), beta=post.get("beta", np.nan),
+               loss_increase=post.get("loss_increase", np.nan), clean_acc=post.get("clean_acc", np.nan),
+               noisy_acc=post.get("noisy_acc", np.nan),
+               lambda1=inp.get("lambda1", np.nan), trace=inp.get("trace", np.nan),
+               trace_over_n=inp.get("trace_over_n", np.nan), n_input=inp.get("n", np.nan))
+    return row, [{**cols, **{k: s.get(k, np.nan) for k in SWEEP_COLS}} for s in f.get("sweep", [])]
+
+
+def _image_rows(summary: dict, key: dict) -> list[dict]:
+    """Per-image pixel-space quality of an inversion summary (test images, in a fixed order)."""
+    psnr, ssim = summary.get("psnr_per_image") or [], summary.get("ssim_per_image") or []
+    return [{**key, "image": i, "psnr": p, "ssim": s} for i, (p, s) in enumerate(zip(psnr, ssim))]
+
+
 def load_results(config: dict, results_dir: str | Path | None = None) -> Results:
     """Read all result files of `config` under `results_dir` (default: config["results"])."""
     root = Path(results_dir if results_dir is not None else config["results"])
     jobs = expected_jobs(config)
     rd = _Reader(root)
 
-    sources, histories = [], []
+    sources, histories, gn_sources = [], [], []
     for key in jobs.models:
-        m = rd.json(f"models/{key.path}/metrics.json", "source model metrics")
-        row = _key_cols(key)
-        if m is not None:
-            row.update(natural_acc=m.get("natural_acc", np.nan), weight_norm=m.get("weight_norm", np.nan),
-                       epochs=m.get("epochs", np.nan), train_time_s=m.get("train_time_s", np.nan),
-                       **_pgd_cols(m.get("pgd_acc")))
-        else:
-            row.update(natural_acc=np.nan, weight_norm=np.nan)
-        sources.append(row)
+        if key.gaussian:
+            gn_sources.append(_source_row(rd, key, jobs.cols(key)))
+            continue
+        sources.append(_source_row(rd, key, jobs.cols(key)))
         h = rd.csv(f"models/{key.path}/history.csv", "source training history", ("epoch",))
         if h is not None:
-            histories.append(h.assign(**_key_cols(key)))
+            histories.append(h.assign(**jobs.cols(key)))
 
     dist_rows = []
     for probe, ds in jobs.distances:
         d = rd.json(f"distance/{probe.path}/{ds}.json", "task distance")
-        row = {**{f"probe_{k}": v for k, v in _key_cols(probe).items()}, "dataset": ds}
+        row = {**{f"probe_{k}": v for k, v in jobs.cols(probe).items()}, "dataset": ds}
         row.update({k: (d or {}).get(k, np.nan) for k in ("emd", "similarity", "otdd", "n_images")})
         dist_rows.append(row)
-    distances = _frame(dist_rows, ["probe_source", "probe_arch", "probe_eps", "probe_seed", "dataset", "emd",
-                                   "similarity", "otdd"])
+    distances = _frame(dist_rows, ["probe_source", "probe_arch", "probe_eps", "probe_seed", "probe_objective",
+                                   "dataset", "emd", "similarity", "otdd"])
     dist_index = {(r["probe_source"], r["probe_arch"], r["probe_eps"], r["probe_seed"], r["dataset"]): r
                   for r in dist_rows}
 
@@ -184,7 +243,7 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
     for key, target, mode in jobs.transfers:
         rel = f"transfer/{key.path}/{target}/mode{mode}"
         m = rd.json(f"{rel}/metrics.json", "transfer metrics")
-        row = {**_key_cols(key), "target": target, "mode": int(mode), "top1": np.nan}
+        row = {**jobs.cols(key), "target": target, "mode": int(mode), "top1": np.nan}
         if m is not None:
             row.update(top1=m.get("top1", np.nan), epochs=m.get("epochs", np.nan), cached=m.get("cached"),
                        train_time_s=m.get("train_time_s", np.nan), **_pgd_cols(m.get("pgd_acc")))
@@ -195,19 +254,48 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
         transfers.append(row)
         h = rd.csv(f"{rel}/history.csv", "transfer history", ("epoch", "test_top1"))
         if h is not None:
-            thist.append(h.assign(**_key_cols(key), target=target, mode=int(mode)))
+            thist.append(h.assign(**jobs.cols(key), target=target, mode=int(mode)))
 
-    fisher, sweep, rep, tsne = [], [], [], []
+    fisher, gn_fisher, sweep = [], [], []
     for key in jobs.analyses["fisher"]:
-        f = rd.json(f"fisher/{key.path}/summary.json", "Fisher summary")
-        row = _key_cols(key)
-        if f is not None:
-            row.update(_fisher_row(f))
-            sweep += [{**_key_cols(key), **s} for s in f.get("sweep", [])]
-        fisher.append(row)
+        row, rows = _fisher_row(rd, key, jobs.cols(key))
+        (gn_fisher if key.gaussian else fisher).append(row)
+        sweep += [] if key.gaussian else rows
+    rep, tsne = _representation(rd, root, jobs)
+    inv, curves, images = _inversion(rd, root, jobs)
+
+    return Results(
+        config=config,
+        sources=_frame(sources, SOURCE_COLS),
+        histories=(pd.concat(histories, ignore_index=True) if histories
+                   else _frame([], KEY_COLS + ["objective", "epoch"])),
+        transfers=_frame(transfers, KEY_COLS + ["objective", "target", "mode", "top1", "distance", "similarity",
+                                                "otdd"]),
+        transfer_histories=(pd.concat(thist, ignore_index=True) if thist
+                            else _frame([], KEY_COLS + ["objective", "target", "mode", "epoch", "test_top1"])),
+        distances=distances,
+        fisher=_frame(fisher, FISHER_COLS),
+        representation=_frame(rep, KEY_COLS + ["objective", "knn_acc", "silhouette"]),
+        tsne=pd.concat(tsne, ignore_index=True) if tsne else _frame([], KEY_COLS + ["objective", "x", "y", "label"]),
+        invert=_frame(inv, KEY_COLS + ["objective", "method", "final_loss"]),
+        invert_curves=(pd.concat(curves, ignore_index=True) if curves
+                       else _frame([], KEY_COLS + ["objective", "method", "step", "loss"])),
+        missing=rd.missing,
+        gaussian_sources=_frame(gn_sources, SOURCE_COLS),
+        gaussian_fisher=_frame(gn_fisher, FISHER_COLS),
+        fisher_sweep=_frame(sweep, KEY_COLS + SWEEP_COLS),
+        invert_images=_frame(images, KEY_COLS + IMAGE_COLS),
+    )
+
+
+def _representation(rd: _Reader, root: Path, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame]]:
+    """Representation rows and t-SNE tables of the non-Gaussian models."""
+    rep, tsne = [], []
     for key in jobs.analyses["representation"]:
+        if key.gaussian:
+            continue
         r = rd.json(f"representation/{key.path}/summary.json", "representation summary")
-        row = _key_cols(key)
+        row = jobs.cols(key)
         if r is not None:
             row.update(knn_acc=r.get("knn_acc", np.nan), silhouette=r.get("silhouette", np.nan))
         rep.append(row)
@@ -215,56 +303,26 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
         if path.exists():  # optional by contract: no warning when absent
             t = _tsne_frame(pd.read_csv(path), path)
             if t is not None:
-                tsne.append(t.assign(**_key_cols(key)))
+                tsne.append(t.assign(**jobs.cols(key)))
+    return rep, tsne
 
+
+def _inversion(rd: _Reader, root: Path, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame], list[dict]]:
+    """Inversion summaries, loss curves and per-image quality of the non-Gaussian models."""
     inv, curves, images = [], [], []
     for key in jobs.analyses["invert"]:
+        if key.gaussian:
+            continue
         for method in jobs.invert_methods:
             c = rd.csv(f"invert/{key.path}/{method}/curve.csv", "inversion curve", ("step", "loss"))
             if c is not None:
-                curves.append(c[["step", "loss"]].assign(**_key_cols(key), method=method))
+                curves.append(c[["step", "loss"]].assign(**jobs.cols(key), method=method))
             s_path = root / f"invert/{key.path}/{method}/summary.json"
             s = json.loads(s_path.read_text()) if s_path.exists() else {}
-            inv.append({**_key_cols(key), "method": method,
+            inv.append({**jobs.cols(key), "method": method,
                         **{k: v for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
-            images += _image_rows(s, {**_key_cols(key), "method": method})
-
-    return Results(
-        config=config,
-        sources=_frame(sources, KEY_COLS + ["natural_acc", "weight_norm"]),
-        histories=pd.concat(histories, ignore_index=True) if histories else _frame([], KEY_COLS + ["epoch"]),
-        transfers=_frame(transfers, KEY_COLS + ["target", "mode", "top1", "distance", "similarity", "otdd"]),
-        transfer_histories=(pd.concat(thist, ignore_index=True) if thist
-                            else _frame([], KEY_COLS + ["target", "mode", "epoch", "test_top1"])),
-        distances=distances,
-        fisher=_frame(fisher, KEY_COLS + ["log_variance_mean", "lambda1", "trace_over_n"]),
-        representation=_frame(rep, KEY_COLS + ["knn_acc", "silhouette"]),
-        tsne=pd.concat(tsne, ignore_index=True) if tsne else _frame([], KEY_COLS + ["x", "y", "label"]),
-        invert=_frame(inv, KEY_COLS + ["method", "final_loss"]),
-        invert_curves=(pd.concat(curves, ignore_index=True) if curves
-                       else _frame([], KEY_COLS + ["method", "step", "loss"])),
-        fisher_sweep=_frame(sweep, KEY_COLS + ["loss_budget", "beta", "log_variance_mean", "kl_total"]),
-        invert_images=_frame(images, KEY_COLS + ["method", "image", "psnr", "ssim"]),
-        missing=rd.missing,
-    )
-
-
-def _fisher_row(f: dict) -> dict:
-    """The numbers of one fisher summary.json: weight Fisher, calibration, input Fisher."""
-    inp, post = f.get("input_fisher") or {}, f.get("posterior") or {}
-    return dict(log_variance_mean=f.get("log_variance_mean", np.nan), kl_total=f.get("kl_total", np.nan),
-                fisher_trace=f.get("fisher_trace", np.nan), fisher_weight_norm=f.get("weight_norm", np.nan),
-                loss_budget=post.get("loss_budget", np.nan), beta=post.get("beta", np.nan),
-                loss_increase=post.get("loss_increase", np.nan), clean_acc=post.get("clean_acc", np.nan),
-                noisy_acc=post.get("noisy_acc", np.nan),
-                lambda1=inp.get("lambda1", np.nan), trace=inp.get("trace", np.nan),
-                trace_over_n=inp.get("trace_over_n", np.nan), n_input=inp.get("n", np.nan))
-
-
-def _image_rows(summary: dict, key: dict) -> list[dict]:
-    """Per-image pixel-space quality of an inversion summary (test images, in a fixed order)."""
-    psnr, ssim = summary.get("psnr_per_image") or [], summary.get("ssim_per_image") or []
-    return [{**key, "image": i, "psnr": p, "ssim": s} for i, (p, s) in enumerate(zip(psnr, ssim))]
+            images += _image_rows(s, {**jobs.cols(key), "method": method})
+    return inv, curves, images
 
 
 def _tsne_frame(df: pd.DataFrame, path: Path) -> pd.DataFrame | None:

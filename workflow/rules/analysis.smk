@@ -43,7 +43,7 @@ rule representation:
         summary=f"{RESULTS}/representation/{MODEL_PATH}/summary.json",
         tsne=f"{RESULTS}/representation/{MODEL_PATH}/tsne.csv",
         png=report(f"{RESULTS}/representation/{MODEL_PATH}/tsne.png", category="Representations",
-                   subcategory="{source} {arch}", labels={"model": "eps{eps} s{seed}", "figure": "t-SNE"}),
+                   subcategory="{source} {arch}", labels={"model": "{tag}{eps} s{seed}", "figure": "t-SNE"}),
     params:
         cfg=config["representation"],
         # Same test images for every eps of a source: t-SNE panels compare like with like.
@@ -67,7 +67,8 @@ rule invert:
         fisher=invert_fisher,
     output:
         png=report(f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/images.png", category="Inversion",
-                   subcategory="{source} {arch} eps{eps}", labels={"model": "eps{eps} s{seed}", "method": "{method}"}),
+                   subcategory="{source} {arch} {tag}{eps}",
+                   labels={"model": "{tag}{eps} s{seed}", "method": "{method}"}),
         curve=f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/curve.csv",
         summary=f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/summary.json",
     params:

@@ -2,7 +2,8 @@
 from atlib.config import ModelKey, eps_str, iter_models, model_experiments, transfer_experiments
 
 RESULTS = config["results"]
-MODEL_PATH = "{source}/{arch}/eps{eps}/s{seed}"
+# {tag}: "eps" for standard and adversarial models, "gn" for Gaussian-noise ones (atlib.config.ModelKey).
+MODEL_PATH = "{source}/{arch}/{tag}{eps}/s{seed}"
 MODEL_EXPERIMENT = model_experiments(config)
 
 
@@ -11,6 +12,7 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_\-]+",
     target=r"[A-Za-z0-9_\-]+",
     arch=r"resnet[0-9]+(_imagenet)?",
+    tag=r"eps|gn",
     eps=r"[0-9]+(\.[0-9]+)?",
     seed=r"[0-9]+",
     mode=r"[012]",
@@ -22,7 +24,7 @@ wildcard_constraints:
 
 
 def model_key(wc) -> ModelKey:
-    return ModelKey(wc.source, wc.arch, wc.eps, int(wc.seed))
+    return ModelKey(wc.source, wc.arch, wc.eps, int(wc.seed), wc.tag)
 
 
 def experiment_of(wc) -> dict:
