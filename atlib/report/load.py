@@ -76,6 +76,12 @@ class Results:
     invert: pd.DataFrame
     invert_curves: pd.DataFrame
     missing: list[str] = field(default_factory=list)
+    # One row per inverted image: KEY_COLS + method, image (index within the job), kind ("test" or
+    # "photo"), psnr, ssim, final_loss (that image's clean loss at the last step).
+    invert_images: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # recon.npz contents by (source, arch, eps, seed, method), see atlib.invert.load_recon:
+    # float images `original`, `recon`; `photo` mask; `loss` (steps + 1, N) per-image curves.
+    invert_recon: dict[tuple, dict] = field(default_factory=dict)
 
     def experiment_groups(self) -> list[tuple[str, str]]:
         """(source, arch) of every experiment with transfers, in config order."""
@@ -218,7 +224,7 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
             if t is not None:
                 tsne.append(t.assign(**_key_cols(key)))
 
-    inv, curves = [], []
+    inv, curves, images, recon = [], [], [], {}
     for key in jobs.analyses["invert"]:
         for method in jobs.invert_methods:
             c = rd.csv(f"invert/{key.path}/{method}/curve.csv", "inversion curve", ("step", "loss"))
@@ -228,6 +234,10 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
             s = json.loads(s_path.read_text()) if s_path.exists() else {}
             inv.append({**_key_cols(key), "method": method,
                         **{k: v for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+            images += _invert_image_rows(s, {**_key_cols(key), "method": method})
+            r_path = root / f"invert/{key.path}/{method}/recon.npz"
+            if r_path.exists():  # optional by contract (older runs lack it): no warning when absent
+                recon[(key.source, key.arch, float(key.eps), int(key.seed), method)] = _recon(r_path)
 
     return Results(
         config=config,
@@ -244,7 +254,31 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
         invert_curves=(pd.concat(curves, ignore_index=True) if curves
                        else _frame([], KEY_COLS + ["method", "step", "loss"])),
         missing=rd.missing,
+        invert_images=_frame(images, KEY_COLS + ["method", "image", "kind", "psnr", "ssim", "final_loss"]),
+        invert_recon=recon,
     )
+
+
+def _invert_image_rows(s: dict, cols: dict) -> list[dict]:
+    """Per-image rows of an invert summary.json: test images first, then photos, in job order."""
+    rows = []
+    losses = s.get("final_loss_per_image") or []
+    for kind, prefix in (("test", ""), ("photo", "photo_")):
+        psnr, ssim = s.get(f"{prefix}psnr_per_image") or [], s.get(f"{prefix}ssim_per_image") or []
+        for i, (p, q) in enumerate(zip(psnr, ssim)):
+            idx = i if kind == "test" else len(s.get("psnr_per_image") or []) + i
+            rows.append({**cols, "image": idx, "kind": kind, "psnr": p, "ssim": q,
+                         "final_loss": losses[idx] if idx < len(losses) else np.nan})
+    return rows
+
+
+def _recon(path: Path) -> dict:
+    from ..invert import load_recon
+
+    try:
+        return load_recon(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path}: not a readable recon.npz ({err}); delete it and rerun the invert rule") from None
 
 
 def _tsne_frame(df: pd.DataFrame, path: Path) -> pd.DataFrame | None:
