@@ -304,7 +304,7 @@ def inversion_grid(res: Results, out: Path, n_test: int = 2, n_photo: int = 1) -
                 img = (d["original"] if method == "original" else d["recon"])[i].transpose(1, 2, 0)
                 gray = img.shape[2] == 1
                 ax.imshow(img[..., 0] if gray else img, cmap="gray" if gray else None, vmin=0, vmax=1)
-                title = "original" if method == "original" else method[:5]
+                title = method
                 if method != "original" and q is not None and (*key, method, i) in q.index:
                     row = q.loc[(*key, method, i)]
                     title += f"\n{row['psnr']:.1f}dB {row['ssim']:.2f}"
