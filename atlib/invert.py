@@ -46,14 +46,21 @@ REACH_FRACTIONS = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
 
 
 class _Trunk(nn.Module):
-    """`forward = features`, so functional_call reaches the representation, not the logits."""
+    """`forward = features` (or `features_at(x, layer)`), so functional_call reaches the
+    representation being inverted, not the logits."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, layer: str = "final") -> None:
         super().__init__()
         self.net = net
+        self.layer = layer
+        if layer != "final" and not hasattr(net, "features_at"):
+            raise ValueError(f"layer {layer!r} needs a model with features_at(x, layer) (atlib's ResNet); "
+                             f"{type(net).__name__} only has features(x): use layer 'final'")
+        if layer != "final" and hasattr(net, "layer_names") and layer not in net.layer_names():
+            raise ValueError(f"unknown layer {layer!r}: expected one of {net.layer_names()}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.features(x)
+        return self.net.features(x) if self.layer == "final" else self.net.features_at(x, self.layer)
 
 
 def check_input(x: torch.Tensor, input_shape: tuple[int, int, int] | None) -> None:
@@ -93,8 +100,8 @@ def _check_sigma(sigma_star: dict[str, torch.Tensor] | None, params: dict[str, t
 def invert(model: nn.Module, x_target: torch.Tensor, method: str = "plain", steps: int = 200, lr: float = 0.05,
            sigma: float = 0.1, sigma_star: dict[str, torch.Tensor] | None = None,
            generator: torch.Generator | None = None, optimizer: str = "sgd",
-           input_shape: tuple[int, int, int] | None = None,
-           progress: bool = False) -> tuple[torch.Tensor, dict[str, list[float]]]:
+           input_shape: tuple[int, int, int] | None = None, layer: str = "final",
+           progress: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """Reconstruct images from their representations z_bar = f_w(x_target), all images at once.
 
     Args:
@@ -108,11 +115,14 @@ def invert(model: nn.Module, x_target: torch.Tensor, method: str = "plain", step
         generator: CPU generator; r_0 is drawn first, then the weight noise.
         optimizer: "sgd" (the paper's plain gradient step) or "adam".
         input_shape: (C, H, W) the model expects; a mismatching x_target raises ValueError.
+        layer: the representation inverted: "final" (the pooled features, Eq. 3) or an earlier
+            stage's unpooled output ("layer1", ...; models with `features_at`).
         progress: show a tqdm bar.
 
     Returns:
-        (x_hat (N, C, H, W), {"loss": [...], "loss_noisy": [...], "loss_per_image": [...]}) with
-        steps + 1 curve entries (step 0 = the start) and the final clean loss of every image.
+        (x_hat (N, C, H, W), {"loss": [...], "loss_noisy": [...], "loss_per_image": [...],
+        "loss_per_step_image": array (steps + 1, N)}) with steps + 1 curve entries (step 0 = the
+        start), the final clean loss of every image, and every image's clean loss at every step.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -121,7 +131,7 @@ def invert(model: nn.Module, x_target: torch.Tensor, method: str = "plain", step
     if steps < 0 or lr <= 0 or sigma < 0:
         raise ValueError(f"need steps >= 0, lr > 0, sigma >= 0; got steps={steps}, lr={lr}, sigma={sigma}")
     check_input(x_target, input_shape)
-    trunk = _Trunk(model)
+    trunk = _Trunk(model, layer)
     was_training = model.training
     model.eval()
     try:
@@ -141,7 +151,7 @@ def invert(model: nn.Module, x_target: torch.Tensor, method: str = "plain", step
         r = r.to(x_target.device, x_target.dtype).requires_grad_(True)
         noise = _noise(stds, params, generator) if method == "variational" else None
         opt = torch.optim.Adam([r], lr=lr) if optimizer == "adam" else None
-        curve_clean, curve_noisy = [], []
+        curve_clean, curve_noisy, per_step = [], [], []
         perturbed = params
         for _ in tqdm(range(steps), desc=f"invert {method}", disable=not progress, leave=False):
             if method != "plain":
@@ -153,10 +163,12 @@ def invert(model: nn.Module, x_target: torch.Tensor, method: str = "plain", step
             (g,) = torch.autograd.grad(per_image.sum(), r)
             curve_noisy.append(per_image.mean().item())
             if method == "plain":
-                curve_clean.append(curve_noisy[-1])
+                clean = per_image.detach()
             else:
                 with torch.no_grad():
-                    curve_clean.append(dist(params, r).mean().item())
+                    clean = dist(params, r)
+            curve_clean.append(clean.mean().item())
+            per_step.append(clean.cpu())
             with torch.no_grad():
                 if opt is None:
                     r -= lr * g
@@ -167,13 +179,15 @@ def invert(model: nn.Module, x_target: torch.Tensor, method: str = "plain", step
         with torch.no_grad():
             final = dist(params, r)
             curve_clean.append(final.mean().item())
+            per_step.append(final.cpu())
             curve_noisy.append(dist(perturbed, r).mean().item() if method != "plain" else curve_clean[-1])
     finally:
         model.train(was_training)
     if not np.isfinite(curve_clean).all() or not np.isfinite(curve_noisy).all():
         raise ValueError("inversion loss became NaN/inf: lower lr, or check the model and Sigma*")
     return r.detach(), {"loss": curve_clean, "loss_noisy": curve_noisy,
-                        "loss_per_image": final.cpu().tolist()}
+                        "loss_per_image": final.cpu().tolist(),
+                        "loss_per_step_image": torch.stack(per_step).numpy()}
 
 
 def steps_to_reach(curve: list[float] | np.ndarray, level: float) -> int | None:
@@ -198,6 +212,78 @@ def speedup_vs_plain(plain: list[float] | np.ndarray, other: list[float] | np.nd
     steps = steps_to_reach(other, target)
     ratio = None if steps is None else plain_steps / max(steps, 1)
     return {"plain_steps": plain_steps, "plain_final_loss": target, "steps": steps, "ratio": ratio}
+
+
+# Identical images have MSE 0 and PSNR +inf; report this finite ceiling instead (an MSE of 1e-10
+# on [0, 1] images), so means over images and JSON stay finite.
+PSNR_CAP = 100.0
+
+
+def image_quality(original: torch.Tensor, recon: torch.Tensor) -> dict[str, list[float]]:
+    """PSNR [dB] and SSIM of every reconstruction against its original (pixels in [0, 1]).
+
+    Args:
+        original, recon: (N, C, H, W) images in [0, 1].
+
+    Returns:
+        {"psnr": [N floats, capped at PSNR_CAP], "ssim": [N floats]}. SSIM uses scikit-image's
+        uniform window of 7 pixels (fits 28x28 and 32x32 images; shrunk to the largest odd size
+        that fits smaller ones), channels averaged.
+    """
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    if original.shape != recon.shape or original.dim() != 4:
+        raise ValueError(f"need two (N, C, H, W) batches of one shape, got {tuple(original.shape)} and "
+                         f"{tuple(recon.shape)}")
+    a = original.detach().cpu().double().permute(0, 2, 3, 1).numpy()
+    b = recon.detach().cpu().double().permute(0, 2, 3, 1).numpy()
+    side = min(a.shape[1:3])
+    if side < 3:
+        raise ValueError(f"images of {a.shape[1]}x{a.shape[2]} pixels are too small for SSIM (need >= 3)")
+    win = min(7, side if side % 2 else side - 1)
+    psnr, ssim = [], []
+    for x, y in zip(a, b):
+        with np.errstate(divide="ignore"):
+            p = peak_signal_noise_ratio(x, y, data_range=1.0)
+        psnr.append(float(min(p, PSNR_CAP)))
+        ssim.append(float(structural_similarity(x, y, data_range=1.0, win_size=win, channel_axis=2)))
+    return {"psnr": psnr, "ssim": ssim}
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def save_recon(path: str | Path, original: torch.Tensor, recon: torch.Tensor, photo: np.ndarray,
+               loss_per_step: np.ndarray) -> None:
+    """recon.npz: `original`, `recon` (N, C, H, W) uint8; `photo` (N,) bool (True = a photo, else a
+    test image); `loss` (steps + 1, N) float32, every image's clean loss per step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, original=_to_uint8(original), recon=_to_uint8(recon), photo=np.asarray(photo, bool),
+                            loss=np.asarray(loss_per_step, np.float32))
+
+
+def load_recon(path: str | Path) -> dict[str, np.ndarray]:
+    """A recon.npz as float images in [0, 1] (`original`, `recon`), `photo` mask and `loss` curves."""
+    with np.load(path) as z:
+        out = {k: z[k] for k in z.files}
+    for k in ("original", "recon"):
+        out[k] = out[k].astype(np.float32) / 255.0
+    return out
+
+
+def _quality_summary(x: torch.Tensor, x_hat: torch.Tensor, n_test: int) -> dict[str, Any]:
+    """psnr/ssim (means) and per-image lists for the test images, photo_* the same for photos."""
+    q = image_quality(x, x_hat)
+    out: dict[str, Any] = {}
+    for prefix, sl in (("", slice(0, n_test)), ("photo_", slice(n_test, None))):
+        for m in ("psnr", "ssim"):
+            vals = q[m][sl]
+            out[f"{prefix}{m}"] = float(np.mean(vals)) if vals else None
+            out[f"{prefix}{m}_per_image"] = vals
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,18 +357,19 @@ def save_grid(original: torch.Tensor, recon: torch.Tensor, path: str | Path, tit
 def invert_report(model_path: str | Path, fisher_path: str | Path | None, data_dir: str | Path, cfg_invert: dict,
                   method: str, seed: int, out_dir: str | Path, eps: float | None = None,
                   device: str = "auto") -> dict:
-    """Invert test images and photos with one method -> images.png, curve.csv, summary.json.
+    """Invert test images and photos with one method -> images.png, curve.csv, summary.json,
+    recon.npz (originals, reconstructions, per-image loss curves; see `save_recon`).
 
     Args:
         model_path: a model.pt written by `checkpoint.save_model`.
         fisher_path: the model's fisher.pt (needed unless method is "plain"); its Sigma*
             (calibrated by the fisher rule's loss budget) is used as is.
         data_dir: the source dataset's prepared directory.
-        cfg_invert: config["invert"] (n_images, photos, steps, lr, sigma, optimizer).
+        cfg_invert: config["invert"] (n_images, photos, steps, lr, sigma, optimizer, layer).
         method: "plain", "variational" or "effective".
         seed: seeds the test-image choice, r_0 and the weight noise. Use the same seed for
             every method of a model: then all methods start from the same r_0.
-        out_dir: where the three files go.
+        out_dir: where the four files go.
         eps: the model's training eps (default: the checkpoint's meta).
         device: "auto", "cpu" or "cuda".
 
@@ -310,17 +397,21 @@ def invert_report(model_path: str | Path, fisher_path: str | Path | None, data_d
     size, ch = meta["image_size"], meta["in_channels"]
     gen = torch.Generator().manual_seed(seed)
     x, _ = sample_images(data_dir, "test", cfg_invert["n_images"], size, ch, gen)
+    n_test = len(x)
     photos = cfg_invert.get("photos", [])
     if photos:
         x = torch.cat([x, load_photos(photos, size, ch)])
-    log.info("%s inversion of %d images (%d photos), %d steps", method, len(x), len(photos), cfg_invert["steps"])
+    layer = cfg_invert.get("layer", "final")
+    log.info("%s inversion of %d images (%d photos) at layer %s, %d steps", method, len(x), len(photos), layer,
+             cfg_invert["steps"])
     x_hat, curves = invert(model, x.to(dev), method, cfg_invert["steps"], cfg_invert["lr"], cfg_invert["sigma"],
                            sigma_star, gen, cfg_invert.get("optimizer", "sgd"), input_shape=(ch, size, size),
-                           progress=True)
+                           layer=layer, progress=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"step": np.arange(len(curves["loss"])), "loss": curves["loss"],
                   "loss_noisy": curves["loss_noisy"]}).to_csv(out_dir / "curve.csv", index=False)
     save_grid(x, x_hat, out_dir / "images.png", f"{method} inversion, eps={eps:g}")
+    save_recon(out_dir / "recon.npz", x, x_hat, np.arange(len(x)) >= n_test, curves["loss_per_step_image"])
     initial = curves["loss"][0]
     summary = {
         "method": method, "final_loss": curves["loss"][-1], "steps": int(cfg_invert["steps"]),
@@ -329,7 +420,9 @@ def invert_report(model_path: str | Path, fisher_path: str | Path | None, data_d
         "initial_loss": initial, "final_loss_noisy": curves["loss_noisy"][-1],
         "final_loss_per_image": curves["loss_per_image"], "eps": eps, "n_images": len(x),
         "photos": list(photos), "optimizer": cfg_invert.get("optimizer", "sgd"), "lr": cfg_invert["lr"],
+        "layer": layer, **_quality_summary(x.cpu(), x_hat.cpu(), n_test),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    log.info("final loss %.4g (initial %.4g)", summary["final_loss"], initial)
+    log.info("final loss %.4g (initial %.4g), PSNR %.2f dB, SSIM %.3f", summary["final_loss"], initial,
+             summary["psnr"], summary["ssim"])
     return summary

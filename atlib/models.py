@@ -145,9 +145,22 @@ class ResNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The representation z = f_w(x): pooled output of the last stage."""
+        return self.features_at(x, "final")
+
+    def layer_names(self) -> list[str]:
+        """Valid `features_at` layers: "final" (pooled, = features) and "layer1".."layerN" (unpooled)."""
+        return ["final"] + [f"layer{i + 1}" for i in range(self.num_stages)]
+
+    def features_at(self, x: torch.Tensor, layer: str = "final") -> torch.Tensor:
+        """Flattened activations at `layer`: "final" = features(x); "layerK" = stage K's output map
+        before any pooling (N, C*H*W), an earlier and spatially resolved representation."""
+        if layer not in self.layer_names():
+            raise ValueError(f"unknown layer {layer!r}: expected one of {self.layer_names()}")
         x = self.maxpool(self.relu(self.bn1(self.conv1(self.normalize(x)))))
-        for stage in self.stages():
+        for i, stage in enumerate(self.stages()):
             x = stage(x)
+            if layer == f"layer{i + 1}":
+                return torch.flatten(x, 1)
         return torch.flatten(self.avgpool(x), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ import torch
 
 from conftest import save_tiny_model
 
-from atlib.invert import invert, invert_report, load_photos, speedup_vs_plain, steps_to_reach
+from atlib.invert import (PSNR_CAP, image_quality, invert, invert_report, load_photos, load_recon,
+                          speedup_vs_plain, steps_to_reach)
 from atlib.models import build_model
 
 
@@ -112,8 +113,47 @@ def test_invert_report(tiny_prepared, tmp_path):
         curve = pd.read_csv(out / "curve.csv")
         assert list(curve.columns) == ["step", "loss", "loss_noisy"] and len(curve) == 6
         assert (out / "images.png").stat().st_size > 0
+        # 2 test images + 1 photo, scored separately; the scores are those of the saved recon.npz
+        assert len(disk["psnr_per_image"]) == len(disk["ssim_per_image"]) == 2
+        assert len(disk["photo_psnr_per_image"]) == 1 and disk["psnr"] == pytest.approx(
+            sum(disk["psnr_per_image"]) / 2)
+        rec = load_recon(out / "recon.npz")
+        assert rec["photo"].tolist() == [False, False, True] and rec["loss"].shape == (6, 3)
+        requant = image_quality(torch.from_numpy(rec["original"]), torch.from_numpy(rec["recon"]))
+        assert requant["psnr"][:2] == pytest.approx(disk["psnr_per_image"], abs=0.3)
+        assert rec["loss"][-1] == pytest.approx(disk["final_loss_per_image"], rel=1e-5)
         runs[method] = curve
     # Same seed: every method starts from the same r_0 (comparable curves).
     assert runs["plain"]["loss"][0] == runs["variational"]["loss"][0]
     with pytest.raises(ValueError, match="fisher.pt"):
         invert_report(tmp_path / "model.pt", None, tiny_prepared, cfg, "effective", 3, tmp_path / "e", device="cpu")
+
+
+def test_image_quality_by_hand():
+    x = torch.full((1, 1, 16, 16), 0.5)
+    x[..., :8, :] = 0.3  # some structure, still far from the [0, 1] edges
+    q = image_quality(torch.cat([x, x]), torch.cat([x + 0.1, x]))
+    # constant offset d: MSE = d^2, PSNR = -10 log10(d^2) = 20 dB for d = 0.1
+    assert q["psnr"][0] == pytest.approx(20.0, abs=1e-6)
+    # identical images: SSIM 1, PSNR capped (not inf)
+    assert q["ssim"][1] == pytest.approx(1.0) and q["psnr"][1] == PSNR_CAP
+    # two flat images a, b: SSIM = (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01 * data_range)^2
+    a, b = torch.full((1, 1, 8, 8), 0.5), torch.full((1, 1, 8, 8), 0.25)
+    c1 = 1e-4
+    assert image_quality(a, b)["ssim"][0] == pytest.approx((2 * 0.5 * 0.25 + c1) / (0.25 + 0.0625 + c1), rel=1e-6)
+    rgb = image_quality(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
+    assert len(rgb["psnr"]) == 2 and all(s < 0.5 for s in rgb["ssim"])  # unrelated noise images
+    with pytest.raises(ValueError, match="one shape"):
+        image_quality(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 9, 9))
+
+
+def test_layer_inversion(model):
+    x = torch.rand(2, 1, 8, 8)
+    assert model.features_at(x, "layer1").shape == (2, 8 * 8 * 8)  # width 0.125: 8 planes, no stride
+    assert model.features_at(x, "layer3").shape == (2, 32 * 2 * 2)
+    _, c = invert(model, x, "plain", steps=20, lr=0.5, generator=torch.Generator().manual_seed(0), layer="layer2")
+    assert c["loss"][-1] < c["loss"][0]
+    assert c["loss_per_step_image"].shape == (21, 2)
+    assert c["loss_per_step_image"].mean(axis=1) == pytest.approx(c["loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="unknown layer"):
+        invert(model, x, "plain", steps=1, layer="layer9")

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from atlib.config import check_config
-from atlib.report import aggregate, check_claims, load_results
+from atlib.invert import save_recon
+from atlib.report import aggregate, check_claims, inversion_table, load_results
 from atlib.report.claims import load_claims
 from atlib.report.stats import correlation, mean_test, permutation_p, verdict
 
@@ -106,8 +108,16 @@ def write_tree(root: Path) -> dict:
         for method, rate in (("plain", 0.01), ("variational", 0.1), ("effective", 0.05)):
             _write(root / f"invert/{path}/{method}/curve.csv",
                    pd.DataFrame({"step": steps, "loss": np.exp(-rate * steps), "loss_noisy": np.exp(-rate * steps)}))
+            # 2 test images + 1 photo; PSNR peaks at eps 0.5 (Figure 9's optimal eps) and rises per method.
+            psnr = [20 - 10 * abs(eps - 0.5) + rate * 100, 21 - 10 * abs(eps - 0.5) + rate * 100]
             _write(root / f"invert/{path}/{method}/summary.json",
-                   {"method": method, "final_loss": float(np.exp(-rate * 100)), "steps": 100, "steps_to_reach": {}})
+                   {"method": method, "final_loss": float(np.exp(-rate * 100)), "steps": 100, "steps_to_reach": {},
+                    "psnr": float(np.mean(psnr)), "ssim": 0.5, "psnr_per_image": psnr, "ssim_per_image": [0.4, 0.6],
+                    "photo_psnr": 8.0, "photo_ssim": 0.1, "photo_psnr_per_image": [8.0],
+                    "photo_ssim_per_image": [0.1], "final_loss_per_image": [0.1, 0.2, 0.3]})
+            x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+            save_recon(root / f"invert/{path}/{method}/recon.npz", x, (x + 0.1 * eps).clamp(0, 1),
+                       np.array([False, False, True]), np.exp(-rate * steps)[:, None].repeat(3, 1))
     for eps in (0.5, 1):
         path = f"cifar10/resnet18/gn{eps:g}/s0"
         _write(root / f"models/{path}/metrics.json", {
@@ -158,6 +168,7 @@ def test_tables_and_gap_by_hand(report):
                  "gap_vs_distance_cifar10_resnet50_mode1.png", "mode_comparison_cifar10_resnet50.png",
                  "learning_curves_cifar10_resnet50.png", "source_tradeoff.png", "fisher_vs_eps.png",
                  "weight_norm_vs_eps.png", "input_fisher_vs_eps.png", "tsne_grid.png", "inversion_curves.png",
+                 "inversion_grid.png", "inversion_grid.pdf",
                  "inversion.csv", "information.csv", "claims.md", "claims.csv", "paper_comparison.md"]:
         assert (out / name).exists(), name
     assert "![" in (out / "summary.md").read_text()
@@ -313,3 +324,22 @@ def test_check_claims_direct(tree):
     res = load_results(tree)
     c = check_claims(res, n_boot=50)
     assert len(c) == 15 and {"claim", "verdict", "effect", "lo", "hi", "n", "unit", "test", "evidence"} <= set(c.columns)
+
+
+def test_invert_per_image_quality_and_recon_loaded(tree):
+    res = load_results(tree)
+    im = res.invert_images
+    assert len(im) == 3 * 3 * 3  # 3 eps x 3 methods x (2 test images + 1 photo)
+    row = im[(im["eps"] == 1.0) & (im["method"] == "variational") & (im["image"] == 1)].iloc[0]
+    assert row["kind"] == "test" and row["psnr"] == pytest.approx(26.0) and row["ssim"] == pytest.approx(0.6)
+    photo = im[(im["eps"] == 0.5) & (im["method"] == "plain") & (im["kind"] == "photo")].iloc[0]
+    assert photo["image"] == 2 and photo["psnr"] == 8.0 and photo["final_loss"] == pytest.approx(0.3)
+    rec = res.invert_recon[("cifar10", "resnet18", 1.0, 0, "effective")]
+    assert rec["recon"].shape == (3, 1, 8, 8) and rec["photo"].tolist() == [False, False, True]
+    assert rec["loss"].shape == (101, 3)
+    # uint8 storage: within half a grey level of the +0.1 shift written above
+    shifted = np.clip(rec["original"] + 0.1, 0, 1)
+    assert np.abs(rec["recon"] - shifted).max() <= 1.0 / 255 + 1e-6
+    table = inversion_table(res)
+    plain0 = table[(table["eps"] == 0.0) & (table["method"] == "plain")].iloc[0]
+    assert plain0["psnr"] == pytest.approx(16.5) and plain0["ssim"] == pytest.approx(0.5)

@@ -120,6 +120,10 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
     add("Information", F.tsne_grid(res, out), "t-SNE of final representations per eps (Figure 6).")
     add("Information", F.inversion_curves(res, out), "Inversion loss per step for plain, variational and "
         "effective inversion (Figure 2).")
+    add("Information", F.inversion_grid(res, out), "Reconstructions per training eps (rows) for a few test "
+        "images and a photo: the original, then plain, variational and effective inversion, each titled with "
+        "its PSNR [dB] and SSIM against the original (Figures 1 and 9; the paper: an optimal eps, below it "
+        "inversion fails, above it details are lost).")
     info = information_table(res)
     add("Information", _tidy(out, "information", info, "Information per model"),
         "Per analysed model: Fisher log-variance, KL, input-Fisher λ1 and tr/n, kNN accuracy, silhouette, "

@@ -282,3 +282,46 @@ def inversion_curves(res: Results, out: Path) -> list[Path]:
         ax.set_ylabel("L_inv (clean model)", fontsize=8)
         ax.legend(fontsize=7)
     return save(fig, out, "inversion_curves")
+
+
+def _pick_images(photo: np.ndarray, n_test: int, n_photo: int) -> list[int]:
+    test, photos = np.flatnonzero(~photo), np.flatnonzero(photo)
+    return list(test[:n_test]) + list(photos[:n_photo])
+
+
+def inversion_grid(res: Results, out: Path, n_test: int = 2, n_photo: int = 1) -> list[Path]:
+    """Figures 1 and 9: one row per model (ordered by source, arch, seed, eps); for each of a few
+    images (test images, then photos) the original, then each method's reconstruction, titled
+    with its PSNR [dB] / SSIM."""
+    rec = res.invert_recon
+    if not rec:
+        return []
+    methods = [m for m in ("plain", "variational", "effective") if any(k[4] == m for k in rec)]
+    models = sorted({k[:4] for k in rec}, key=lambda k: (k[0], k[1], k[3], k[2]))
+    first = next(rec[k + (m,)] for k in models for m in methods if k + (m,) in rec)
+    picks = _pick_images(first["photo"], n_test, n_photo)
+    q = res.invert_images.set_index(KEY_COLS + ["method", "image"]) if not res.invert_images.empty else None
+    cols = len(picks) * (1 + len(methods))
+    fig, axes = plt.subplots(len(models), cols, figsize=(1.05 * cols, 1.25 * len(models) + 0.3), squeeze=False)
+    for r, key in enumerate(models):
+        for j, i in enumerate(picks):
+            for c, method in enumerate(["original"] + methods):
+                ax = axes[r][j * (1 + len(methods)) + c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                d = rec.get(key + ((methods[0] if method == "original" else method),))
+                if d is None or i >= len(d["recon"]):
+                    ax.axis("off")
+                    continue
+                img = (d["original"] if method == "original" else d["recon"])[i].transpose(1, 2, 0)
+                gray = img.shape[2] == 1
+                ax.imshow(img[..., 0] if gray else img, cmap="gray" if gray else None, vmin=0, vmax=1)
+                title = method
+                if method != "original" and q is not None and (*key, method, i) in q.index:
+                    row = q.loc[(*key, method, i)]
+                    title += f"\n{row['psnr']:.1f}dB {row['ssim']:.2f}"
+                ax.set_title(title, fontsize=6)
+                if j == 0 and c == 0:
+                    ax.set_ylabel(f"{key[0]} {key[1]} s{key[3]}\neps {key[2]:g}", fontsize=7)
+    fig.suptitle("Inversion per training eps: original, then each method (PSNR / SSIM)", fontsize=8)
+    return save(fig, out, "inversion_grid")

@@ -28,7 +28,7 @@ KEY_COLS = ["source", "arch", "eps", "seed"]
 SOURCE_COLS = KEY_COLS + ["objective", "natural_acc", "weight_norm"]
 FISHER_COLS = KEY_COLS + ["objective", "log_variance_mean", "lambda1", "trace_over_n"]
 SWEEP_COLS = ["loss_budget", "beta", "log_variance_mean", "kl_total", "loss_increase", "noisy_acc"]
-IMAGE_COLS = ["objective", "method", "image", "psnr", "ssim"]
+IMAGE_COLS = ["objective", "method", "image", "kind", "psnr", "ssim", "final_loss"]
 
 
 @dataclass
@@ -102,9 +102,14 @@ class Results:
     # Gaussian-noise models (objective gaussian), same columns as `sources` and `fisher`.
     gaussian_sources: pd.DataFrame = field(default_factory=lambda: _frame([], SOURCE_COLS))
     gaussian_fisher: pd.DataFrame = field(default_factory=lambda: _frame([], FISHER_COLS))
-    # Per (model, loss budget) of the fisher rule's beta sweep, and per (model, method, test image).
+    # Per (model, loss budget) of the fisher rule's beta sweep.
     fisher_sweep: pd.DataFrame = field(default_factory=lambda: _frame([], KEY_COLS + SWEEP_COLS))
+    # One row per inverted image: KEY_COLS + method, image (index within the job), kind ("test" or
+    # "photo"), psnr, ssim, final_loss (that image's clean loss at the last step).
     invert_images: pd.DataFrame = field(default_factory=lambda: _frame([], KEY_COLS + IMAGE_COLS))
+    # recon.npz contents by (source, arch, eps, seed, method), see atlib.invert.load_recon:
+    # float images `original`, `recon`; `photo` mask; `loss` (steps + 1, N) per-image curves.
+    invert_recon: dict[tuple, dict] = field(default_factory=dict)
 
     def experiment_groups(self) -> list[tuple[str, str]]:
         """(source, arch) of every experiment with transfers, in config order."""
@@ -206,12 +211,6 @@ def _fisher_row(rd: _Reader, key: ModelKey, cols: dict) -> tuple[dict, list[dict
     return row, [{**cols, **{k: s.get(k, np.nan) for k in SWEEP_COLS}} for s in f.get("sweep", [])]
 
 
-def _image_rows(summary: dict, key: dict) -> list[dict]:
-    """Per-image pixel-space quality of an inversion summary (test images, in a fixed order)."""
-    psnr, ssim = summary.get("psnr_per_image") or [], summary.get("ssim_per_image") or []
-    return [{**key, "image": i, "psnr": p, "ssim": s} for i, (p, s) in enumerate(zip(psnr, ssim))]
-
-
 def load_results(config: dict, results_dir: str | Path | None = None) -> Results:
     """Read all result files of `config` under `results_dir` (default: config["results"])."""
     root = Path(results_dir if results_dir is not None else config["results"])
@@ -262,7 +261,7 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
         (gn_fisher if key.gaussian else fisher).append(row)
         sweep += [] if key.gaussian else rows
     rep, tsne = _representation(rd, root, jobs)
-    inv, curves, images = _inversion(rd, root, jobs)
+    inv, curves, images, recon = _inversion(rd, root, jobs)
 
     return Results(
         config=config,
@@ -285,6 +284,7 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
         gaussian_fisher=_frame(gn_fisher, FISHER_COLS),
         fisher_sweep=_frame(sweep, KEY_COLS + SWEEP_COLS),
         invert_images=_frame(images, KEY_COLS + IMAGE_COLS),
+        invert_recon=recon,
     )
 
 
@@ -307,9 +307,9 @@ def _representation(rd: _Reader, root: Path, jobs: Jobs) -> tuple[list[dict], li
     return rep, tsne
 
 
-def _inversion(rd: _Reader, root: Path, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame], list[dict]]:
-    """Inversion summaries, loss curves and per-image quality of the non-Gaussian models."""
-    inv, curves, images = [], [], []
+def _inversion(rd: _Reader, root: Path, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame], list[dict], dict]:
+    """Inversion summaries, loss curves, per-image quality and reconstructions of the non-Gaussian models."""
+    inv, curves, images, recon = [], [], [], {}
     for key in jobs.analyses["invert"]:
         if key.gaussian:
             continue
@@ -321,8 +321,33 @@ def _inversion(rd: _Reader, root: Path, jobs: Jobs) -> tuple[list[dict], list[pd
             s = json.loads(s_path.read_text()) if s_path.exists() else {}
             inv.append({**jobs.cols(key), "method": method,
                         **{k: v for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
-            images += _image_rows(s, {**jobs.cols(key), "method": method})
-    return inv, curves, images
+            images += _invert_image_rows(s, {**jobs.cols(key), "method": method})
+            r_path = root / f"invert/{key.path}/{method}/recon.npz"
+            if r_path.exists():  # optional by contract (older runs lack it): no warning when absent
+                recon[(key.source, key.arch, float(key.eps), int(key.seed), method)] = _recon(r_path)
+    return inv, curves, images, recon
+
+
+def _invert_image_rows(s: dict, cols: dict) -> list[dict]:
+    """Per-image rows of an invert summary.json: test images first, then photos, in job order."""
+    rows = []
+    losses = s.get("final_loss_per_image") or []
+    for kind, prefix in (("test", ""), ("photo", "photo_")):
+        psnr, ssim = s.get(f"{prefix}psnr_per_image") or [], s.get(f"{prefix}ssim_per_image") or []
+        for i, (p, q) in enumerate(zip(psnr, ssim)):
+            idx = i if kind == "test" else len(s.get("psnr_per_image") or []) + i
+            rows.append({**cols, "image": idx, "kind": kind, "psnr": p, "ssim": q,
+                         "final_loss": losses[idx] if idx < len(losses) else np.nan})
+    return rows
+
+
+def _recon(path: Path) -> dict:
+    from ..invert import load_recon
+
+    try:
+        return load_recon(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path}: not a readable recon.npz ({err}); delete it and rerun the invert rule") from None
 
 
 def _tsne_frame(df: pd.DataFrame, path: Path) -> pd.DataFrame | None:

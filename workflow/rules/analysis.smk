@@ -71,6 +71,7 @@ rule invert:
                    labels={"model": "{tag}{eps} s{seed}", "method": "{method}"}),
         curve=f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/curve.csv",
         summary=f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/summary.json",
+        recon=f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/recon.npz",
     params:
         cfg=config["invert"],
         # The method is left out on purpose: every method of a model starts from the same r_0

@@ -98,8 +98,9 @@ def all_representation():
 
 
 def all_invert():
-    return sorted({f"{RESULTS}/invert/{k.path}/{m}/curve.csv"
-                   for _, k in experiment_models("invert") for m in config["invert"]["methods"]})
+    """curve.csv and recon.npz (originals + reconstructions for the report's image grid) of every inversion."""
+    return sorted({f"{RESULTS}/invert/{k.path}/{m}/{f}" for _, k in experiment_models("invert")
+                   for m in config["invert"]["methods"] for f in ("curve.csv", "recon.npz")})
 
 
 def all_results():
