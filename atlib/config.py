@@ -122,6 +122,15 @@ def experiment_keys(config: dict, exp: dict) -> Iterator[ModelKey]:
             yield ModelKey(exp["source"], exp["arch"], eps_str(eps), seed, tag)
 
 
+def probe_of(key: ModelKey, distance: dict) -> ModelKey:
+    """The feature extractor of `key`'s task distances (config `distance`): the standard model of
+    the same seed, of the fixed seed `probe_seed`, or (probe: same) the model itself."""
+    if distance["probe"] != "standard":
+        return key
+    seed = key.seed if distance.get("probe_seed") is None else int(distance["probe_seed"])
+    return ModelKey(key.source, key.arch, "0", seed)
+
+
 def iter_models(config: dict) -> Iterator[tuple[str, ModelKey]]:
     """(experiment name, model) for every model of every experiment, in config order."""
     for name, exp in config["experiments"].items():

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -529,6 +528,8 @@ def transfer(
     metrics = {"top1": top1, "pgd_acc": ev["pgd_acc"], "mode": mode, "target": target, "source_model": key,
                "eps": eps, "seed": seed, "epochs": epochs, "cached": cached, "train_time_s": elapsed}
     out_dir.mkdir(parents=True, exist_ok=True)
+    import pandas as pd  # here, not at the top: every job pays ~0.3 s to import it
+
     _write_atomic(out_dir / "history.csv", pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(index=False))
     _write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     if save_model_to is not None:

@@ -128,6 +128,13 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
     add("Information", _tidy(out, "information", info, "Information per model"),
         "Per analysed model: Fisher log-variance, KL, input-Fisher λ1 and tr/n, kNN accuracy, silhouette, "
         "final weight norm.")
+    if not res.fisher_sweep.empty:
+        add("Information", _tidy(out, "posterior_sweep", res.fisher_sweep, "Weight posterior over the beta sweep",
+                                 "beta = 4 B / k for a loss budget B (nats); loss_increase is the measured training-"
+                                 "loss increase under one draw of Q*, to compare with B"),
+            "Sensitivity of the weight posterior (claim 9): per model and loss budget B, beta = 4B/k, the mean "
+            "log-variance of Σ*, KL(Q*‖P), and the measured training-loss increase and accuracy under one draw "
+            "of Q* (the calibration's sanity check: the increase should be of the order of B).")
     add("Information", _tidy(out, "inversion", inversion_table(res), "Inversion speed",
                              "ratio = plain's steps / the method's steps to reach plain's final loss"),
         "Inversion: final loss per method, and the steps each method needs to reach the loss plain inversion "

@@ -300,18 +300,23 @@ def _final_norms(res: Results) -> pd.DataFrame:
 
 
 def claim10(c: Ctx) -> Finding:
+    """Two regimes: no fall below eps ~1, a fall above it. The threshold is approximate and depends
+    on the data's scale, so eps = 1 itself belongs to neither regime's test."""
     f = _final_norms(c.res)
     rel = [(eps, t) for _, _, eps, t in _paired(f, "weight_norm", -1, "log ‖w‖", log=True)]
     lines = [f"final ‖w‖ by eps: {_per_eps_means(f, 'weight_norm')}"] + [t.text() for _, t in rel]
     if not rel:
         return Finding(NOT_TESTABLE, ["no weight norms of eps 0 and eps > 0 models of the same seed"])
-    low = [t for e, t in rel if e <= 1 and t.n >= MIN_UNITS]
+    low = [t for e, t in rel if e < 1 and t.n >= MIN_UNITS]
     high = _by_n([t for e, t in rel if e > 1])
-    if any(t.verdict == HOLDS for t in low):  # a significant fall at eps <= 1 contradicts "only above ~1"
-        return Finding(FAILS, lines + ["‖w‖ falls significantly already at eps ≤ 1"], low[0])
+    if any(t.verdict == HOLDS for t in low):  # a significant fall below eps 1 contradicts "only above ~1"
+        return Finding(FAILS, lines + ["‖w‖ falls significantly already below eps 1"], low[0])
     if not high or high[0].n < MIN_UNITS:
-        lines.append(f"the fall above eps 1 needs ≥ {MIN_UNITS} paired seeds at an eps > 1; this run has "
-                     f"{high[0].n if high else 0}")
+        at1 = [t for e, t in rel if e == 1]
+        lines.append(f"the fall above eps 1 needs ≥ {MIN_UNITS} paired seeds at an eps > 1 (this run has "
+                     f"{high[0].n if high else 0}), the flat regime ≥ {MIN_UNITS} at an eps < 1 (this run has "
+                     f"{max((t.n for e, t in rel if e < 1), default=0)})"
+                     + (f"; at eps 1 itself ‖w‖ changes by {np.expm1(at1[0].effect):+.1%}" if at1 else ""))
         return Finding(INCONCLUSIVE, lines, high[0] if high else rel[0][1])
     return Finding(high[0].verdict, lines, high[0])
 
@@ -358,17 +363,41 @@ def claim13(c: Ctx) -> Finding:
     var = inv[inv["method"] == "variational"] if not inv.empty else inv
     if var.empty or var["plain_final_loss"].isna().all():
         return Finding(NOT_TESTABLE, ["no plain and variational inversion curves of the same model"])
+    budget = c.res.config["invert"]["steps"]
     lines = [", ".join(f"{r['source']} eps {r['eps']:g} s{r['seed']}: plain needs {int(r['plain_steps'])} steps, "
                        + (f"variational {int(r['steps_to_plain_final'])} (x{r['ratio']:.1f})"
-                          if np.isfinite(r["ratio"]) else "variational never reaches it") for _, r in var.iterrows())]
+                          if np.isfinite(r["ratio"]) else f"variational never reaches it in {budget}")
+                       for _, r in var.iterrows())]
     if not var["plain_converged"].eq(False).any():
         lines.append("plain inversion converged within its budget for every model (its loss stopped falling), so "
                      "'reaches plain's final loss faster' compares against a plateau; raise invert.steps")
-    # log(plain steps / variational steps); never reaching plain's final loss counts as no speed-up (0).
-    logr = np.log(var["ratio"].fillna(1.0).clip(lower=1e-9))
-    t = mean_test(logr, +1, "models", "log(steps plain / steps variational) to plain's final loss")
-    lines.append(t.text() + f" (geometric-mean speed-up x{np.exp(t.effect):.2f}; paper: ~x40)")
+    # Never reaching plain's final loss within the budget is right-censored: the true ratio is below
+    # plain_steps / (budget + 1), and that bound (the value most favourable to the claim) is used.
+    ratio = var["ratio"].fillna(var["plain_steps"] / (budget + 1))
+    t = mean_test(np.log(ratio), +1, "models", "log(steps plain / steps variational) to plain's final loss")
+    lines.append(t.text() + f" (geometric-mean speed-up x{np.exp(t.effect):.2f}, a model that never gets there "
+                 "counted at its upper bound plain steps / (budget + 1); paper: ~x40)")
     return _decide([t], lines, "")
+
+
+PRIMARY_INVERSION = "plain"  # Figure 9 inverts with Eq. 3; the other methods are shown beside it
+
+
+def _optimum_test(d: pd.DataFrame, label: str) -> tuple[Test, str] | None:
+    """PSNR at the best interior eps minus the better end, per image. The optimum is picked on the
+    even-indexed images and tested on the odd ones, so the selection does not inflate the test."""
+    wide = d.pivot_table(index="image", columns="eps", values="psnr").dropna()
+    eps = sorted(wide.columns)
+    if len(eps) < 3 or len(wide) < 2 * MIN_UNITS:
+        return None
+    pick, held = wide.iloc[::2], wide.iloc[1::2]
+    best = max(eps[1:-1], key=lambda e: pick[e].mean())
+    edge = np.minimum(held[best] - held[eps[0]], held[best] - held[eps[-1]])
+    t = mean_test(edge, +1, "images", f"{label}: PSNR(eps {best:g}) − max(PSNR(eps {eps[0]:g}), PSNR(eps "
+                  f"{eps[-1]:g})) [dB]")
+    note = ("; mean PSNR by eps: " + ", ".join(f"{e:g}: {wide[e].mean():.2f}" for e in eps)
+            + f"; optimum eps {best:g} picked on {len(pick)} images, tested on {len(held)} others")
+    return t, note
 
 
 def claim14(c: Ctx) -> Finding:
@@ -377,22 +406,15 @@ def claim14(c: Ctx) -> Finding:
         return Finding(NOT_TESTABLE, ["no per-image pixel-space quality (PSNR/SSIM) of reconstructions"])
     tests, lines = [], []
     for (source, arch, seed, method), d in img.groupby(["source", "arch", "seed", "method"]):
-        wide = d.pivot_table(index="image", columns="eps", values="psnr").dropna()
-        eps = sorted(wide.columns)
-        if len(eps) < 3 or len(wide) < 2 * MIN_UNITS:
+        found = _optimum_test(d, f"{source} ({arch}) {method} inversion")
+        if found is None:
             continue
-        # The optimum is picked on the even-indexed images and tested on the odd ones, so the
-        # selection does not inflate the test.
-        pick, test = wide.iloc[::2], wide.iloc[1::2]
-        best = max(eps[1:-1], key=lambda e: pick[e].mean())
-        edge = np.minimum(test[best] - test[eps[0]], test[best] - test[eps[-1]])
-        t = mean_test(edge, +1, "images", f"{source} ({arch}) {method}: PSNR(eps {best:g}) − max(PSNR(eps "
-                      f"{eps[0]:g}), PSNR(eps {eps[-1]:g})) [dB]")
-        tests.append(t)
-        lines.append(t.text() + "; mean PSNR by eps: " + ", ".join(f"{e:g}: {wide[e].mean():.2f}" for e in eps)
-                     + f"; optimum eps {best:g} chosen on {len(pick)} held-out images")
-    return _decide(tests, lines, "needs per-image PSNR of reconstructions for 3 or more eps and at least "
-                   f"{2 * MIN_UNITS} images")
+        t, note = found
+        lines.append(t.text() + note + ("" if method == PRIMARY_INVERSION else " (beside the verdict)"))
+        if method == PRIMARY_INVERSION:
+            tests.append(t)
+    return _decide(tests, lines, f"needs per-image PSNR of {PRIMARY_INVERSION} reconstructions for 3 or more eps and "
+                   f"at least {2 * MIN_UNITS} images")
 
 
 CHECKS: dict[int, Callable[[Ctx], Finding]] = {

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import ModelKey, eps_str, experiment_objective, iter_models
+from ..config import ModelKey, probe_of, eps_str, experiment_objective, iter_models
 
 log = logging.getLogger("atlib.report")
 
@@ -40,7 +40,7 @@ class Jobs:
     distances: list[tuple[ModelKey, str]]
     analyses: dict[str, list[ModelKey]]
     invert_methods: list[str]
-    probe: str
+    probe: dict  # config["distance"]
     objectives: dict[ModelKey, str] = field(default_factory=dict)
 
     def objective(self, key: ModelKey) -> str:
@@ -53,14 +53,10 @@ class Jobs:
         return {**_key_cols(key), "objective": self.objective(key)}
 
 
-def probe_of(key: ModelKey, probe: str) -> ModelKey:
-    return key.standard if probe == "standard" else key
-
-
 def expected_jobs(config: dict) -> Jobs:
     models, transfers, distances = [], [], []
     analyses: dict[str, list[ModelKey]] = {"fisher": [], "representation": [], "invert": []}
-    probe = config.get("distance", {}).get("probe", "standard")
+    probe = config["distance"]
     objectives: dict[ModelKey, str] = {}
     for name, key in iter_models(config):
         exp = config["experiments"][name]

@@ -1,5 +1,6 @@
 # Target lists, input functions and wildcard constraints shared by every rule file.
 from atlib.config import ModelKey, eps_str, iter_models, model_experiments, transfer_experiments
+from atlib.config import probe_of as config_probe_of
 
 RESULTS = config["results"]
 # {tag}: "eps" for standard and adversarial models, "gn" for Gaussian-noise ones (atlib.config.ModelKey).
@@ -62,8 +63,8 @@ def transfer_jobs():
 
 
 def probe_of(key: ModelKey) -> ModelKey:
-    """Feature extractor for the task distance of `key`'s transfers."""
-    return key.standard if config["distance"]["probe"] == "standard" else key
+    """Feature extractor for the task distance of `key`'s transfers (atlib.config.probe_of)."""
+    return config_probe_of(key, config["distance"])
 
 
 def distance_jobs():
