@@ -44,8 +44,9 @@ def test_demo_dry_run(tmp_path):
     r = snakemake("-n", "--configfile", "config/demo.yaml", "--config", f"results={tmp_path}/results")
     assert r.returncode == 0, r.stderr[-3000:]
     counts = job_counts(r.stdout)
-    assert counts["train_source"] == 5  # eps 0 and 1 x 2 seeds, plus eps 0.5
-    assert counts["transfer"] == 4 * 7 + 2 * 2 * 2
+    # eps 0 and 1 x 3 seeds, eps 2 and 4 (the sweep), Gaussian noise at eps 1 x 3 seeds
+    assert counts["train_source"] == 6 + 2 + 3
+    assert counts["transfer"] == 6 * 11  # 10 targets + the source as reference, mode 0
 
 
 def planned_outputs(output: str) -> dict[str, list[str]]:
