@@ -149,9 +149,9 @@ def model_experiments(config: dict) -> dict[str, str]:
 def transfer_experiments(config: dict) -> dict[tuple[str, str, int], str]:
     """(model path, target, mode) -> the first experiment asking for that transfer, in config order.
 
-    Not `model_experiments`: a model shared by two experiments (the demo's `demo` with mode 0 and
-    `demo_modes` with modes 1, 2) is fine-tuned with the schedule of the experiment that asked
-    for the mode. The keys are also the deduplicated list of transfer jobs.
+    Not `model_experiments`: a model shared by two experiments (e.g. one with mode 0 and another
+    with modes 1, 2 on the same backbones) is fine-tuned with the schedule of the experiment that
+    asked for the mode. The keys are also the deduplicated list of transfer jobs.
     """
     out: dict[tuple[str, str, int], str] = {}
     for name, key in iter_models(config):
