@@ -343,3 +343,27 @@ def test_invert_per_image_quality_and_recon_loaded(tree):
     table = inversion_table(res)
     plain0 = table[(table["eps"] == 0.0) & (table["method"] == "plain")].iloc[0]
     assert plain0["psnr"] == pytest.approx(16.5) and plain0["ssim"] == pytest.approx(0.5)
+
+
+def test_ladder_table_and_findings_by_hand():
+    """Gaps and EMD per ladder level, with the gap's t-interval over seeds (hand values)."""
+    from types import SimpleNamespace
+
+    from atlib.report.ladders import ladder_findings, ladder_table
+
+    cfg = {"ladders": {"lad": {"base": "mnist", "transform": "blur", "strengths": [1, 2, 3]}}}
+    rows = []
+    for k, gap in ((1, -2.0), (2, 1.0), (3, 4.0)):
+        for seed, noise in ((0, -1.0), (1, 0.0), (2, 1.0)):
+            for eps, top1 in ((0.0, 70.0), (1.0, 70.0 + gap + noise)):
+                rows.append({"source": "src", "arch": "resnet8", "eps": eps, "seed": seed, "target": f"lad_{k}",
+                             "mode": 0, "top1": top1})
+    dist = pd.DataFrame({"probe_source": "src", "probe_arch": "resnet8", "probe_eps": 0.0, "probe_seed": 0,
+                         "dataset": ["lad_1", "lad_2", "lad_3"], "emd": [1.0, 2.0, 3.0]})
+    table = ladder_table(SimpleNamespace(config=cfg, transfers=pd.DataFrame(rows), distances=dist))
+    assert list(table["strength"]) == [1, 2, 3] and list(table["emd"]) == [1.0, 2.0, 3.0]
+    assert list(table["gap"]) == pytest.approx([-2.0, 1.0, 4.0]) and (table["n_seeds"] == 3).all()
+    # seeds -1, 0, +1 around the gap: sd 1, half-width t(0.975, 2) / sqrt(3) = 2.484
+    assert table["gap_hi"].iloc[0] - table["gap"].iloc[0] == pytest.approx(2.4842, abs=1e-3)
+    (finding,) = ladder_findings(table)
+    assert "EMD rises (1 → 3)" in finding and "the gap rises (-2.00 → +4.00 points)" in finding
