@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c envs/constraints.txt
 STAMP := $(VENV)/.installed
+# One or more config files; later ones are overlays (e.g. CONFIG="config/demo.yaml config/demo_power.yaml").
 CONFIG ?= config/demo.yaml
 RESULTS ?= results
 

@@ -248,3 +248,16 @@ def test_readme_documents_every_config_key():
     readme = (ROOT / "README.md").read_text()
     assert readme[readme.index(BEGIN) + len(BEGIN):readme.index(END)].strip() == render().strip(), \
         "README config table is stale: run `python -m atlib.schema_doc`"
+
+
+def test_demo_power_overlay_merges_into_a_valid_config():
+    """config/demo_power.yaml is an overlay: merged the way Snakemake merges --configfile a b."""
+    from snakemake.utils import update_config
+
+    cfg = demo()
+    update_config(cfg, yaml.safe_load((ROOT / "config" / "demo_power.yaml").read_text()))
+    out = check_config(cfg, DATASETS)
+    assert out["datasets"]["fmnist04"]["classes"] == [0, 1, 2, 3, 4]  # kept from the demo
+    assert out["datasets"]["fmnist04"]["max_train"] == 20000 and out["train_schedules"]["demo"]["attack"]["steps"] == 2
+    assert len([t for t in out["experiments"]["demo"]["targets"] if t != "fmnist04"]) == 14
+    assert near_far(out, "demo")[1][-1] == "mnist_tex_3"
