@@ -8,6 +8,7 @@ and analyses that `workflow/rules/common.smk` turns into targets.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -127,8 +128,8 @@ def probe_of(key: ModelKey, distance: dict) -> ModelKey:
     the same seed, of the fixed seed `probe_seed`, or (probe: same) the model itself."""
     if distance["probe"] != "standard":
         return key
-    seed = key.seed if distance.get("probe_seed") is None else int(distance["probe_seed"])
-    return ModelKey(key.source, key.arch, "0", seed)
+    seed = distance.get("probe_seed")
+    return key.standard if seed is None else dataclasses.replace(key.standard, seed=int(seed))
 
 
 def iter_models(config: dict) -> Iterator[tuple[str, ModelKey]]:

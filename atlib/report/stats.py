@@ -95,16 +95,19 @@ def mean_test(values, expect: int, unit: str, label: str) -> Test:
     return Test(label, m, lo, hi, n, unit, "t-interval", expect, p)
 
 
-def _rank_corr(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Spearman's rho along `axis` (vectorized). A resample where x or y is constant has no defined
-    correlation: it counts as 0, which can only pull an interval towards 0 (never away from it)."""
-    rx, ry = stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis)
-    rx = rx - rx.mean(axis=axis, keepdims=True)
-    ry = ry - ry.mean(axis=axis, keepdims=True)
-    den = np.sqrt((rx * rx).sum(axis=axis) * (ry * ry).sum(axis=axis))
-    num = (rx * ry).sum(axis=axis)
+def _pearson(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Pearson's r along `axis` (vectorized over resamples). A resample where a or b is constant has
+    no defined correlation: it counts as 0, which can only pull an interval towards 0 (never away)."""
+    a = a - a.mean(axis=axis, keepdims=True)
+    b = b - b.mean(axis=axis, keepdims=True)
+    den = np.sqrt((a * a).sum(axis=axis) * (b * b).sum(axis=axis))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+        return np.where(den > 0, (a * b).sum(axis=axis) / np.where(den > 0, den, 1), 0.0)
+
+
+def _rank_corr(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman's rho along `axis`: Pearson's r of the ranks (ties share their mean rank)."""
+    return _pearson(stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis), axis)
 
 
 def permutation_p(x, y, seed: int = 0) -> float:
@@ -131,17 +134,11 @@ def correlation(x, y, n_boot: int, seed: int = 0) -> dict:
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return out
     out["spearman"] = float(_rank_corr(x, y))
-    out["pearson"] = float(stats.pearsonr(x, y)[0])
     out["spearman_p"] = permutation_p(x, y, seed)
-    out["pearson_p"] = float(stats.pearsonr(x, y)[1])
+    r = stats.pearsonr(x, y)
+    out["pearson"], out["pearson_p"] = float(r[0]), float(r[1])
     if n_boot > 0:
-        def pearson(a, b, axis=-1):
-            a = a - a.mean(axis=axis, keepdims=True)
-            b = b - b.mean(axis=axis, keepdims=True)
-            den = np.sqrt((a * a).sum(axis=axis) * (b * b).sum(axis=axis))
-            return np.where(den > 0, (a * b).sum(axis=axis) / np.where(den > 0, den, 1), 0.0)
-
-        for name, fn in (("spearman", _rank_corr), ("pearson", pearson)):
+        for name, fn in (("spearman", _rank_corr), ("pearson", _pearson)):
             ci = stats.bootstrap((x, y), fn, paired=True, vectorized=True, n_resamples=n_boot,
                                  confidence_level=LEVEL, method="percentile",
                                  rng=np.random.default_rng(seed)).confidence_interval
