@@ -46,7 +46,11 @@ def test_demo_dry_run(tmp_path):
     counts = job_counts(r.stdout)
     # eps 0 and 1 x 3 seeds, eps 2 and 4 (the sweep), Gaussian noise at eps 1 x 3 seeds
     assert counts["train_source"] == 6 + 2 + 3
-    assert counts["transfer"] == 6 * 11  # 10 targets + the source as reference, mode 0
+    # batch_jobs: one mode-0 job per model for 10 targets + the source as reference, one distance job
+    batches = [rule for rule in counts if rule.startswith("transfer_mode0_")]
+    assert len(batches) == 6 and "transfer" not in counts and counts["distances_fmnist04_resnet8_eps0_s0"] == 1
+    planned = [f for rule, files in planned_outputs(r.stdout).items() if rule in batches for f in files]
+    assert sum(f.endswith("/mode0/metrics.json") for f in planned) == 6 * 11
 
 
 def planned_outputs(output: str) -> dict[str, list[str]]:
@@ -127,3 +131,27 @@ def test_tiny_rebuild_one_target_reruns_only_it_and_aggregates(tiny_run):
                   "--config", "results=results", "--forcerun", target)
     assert r.returncode == 0, r.stderr[-3000:]
     assert job_counts(r.stdout) == {"transfer": 1, "aggregate": 1, "track": 1, "all": 1}
+
+
+def test_batch_jobs_give_the_same_results_in_fewer_jobs(tiny_run, tmp_path):
+    """batch_jobs: true reruns the tiny run's mode-0 transfers (one job per model) and distances (one
+    job per probe); every number equals the one-job-per-target run's (same seeds, same code path)."""
+    import json
+    import shutil
+
+    work = tmp_path / "batched"
+    shutil.copytree(tiny_run, work, symlinks=True)
+    res = "results"
+    r = snakemake("--profile", "profiles/local", "--cores", "2", "-d", str(work), "--configfile",
+                  str(ROOT / "tests/configs/tiny.yaml"), "--config", f"results={res}", "batch_jobs=True")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    ran = job_counts(r.stdout + r.stderr)
+    assert ran["transfer_mode0_src_resnet8_eps0_s0"] == ran["transfer_mode0_src_resnet8_eps0p5_s0"] == 1
+    assert ran["distances_src_resnet8_eps0_s0"] == 1 and "transfer" not in ran and "features" not in ran
+    files = [f"transfer/src/resnet8/eps{e}/s0/{t}/mode0/metrics.json" for e in ("0", "0.5") for t in ("near", "far")]
+    files += [f"distance/src/resnet8/eps0/s0/{d}.json" for d in ("src", "near", "far")]
+    for rel in files:
+        a, b = (json.loads((d / res / rel).read_text()) for d in (tiny_run, work))
+        for key in ("top1", "pgd", "emd", "otdd"):
+            assert a.get(key) == b.get(key), (rel, key)
+        assert (work / res / rel).stat().st_mtime > (tiny_run / res / rel).stat().st_mtime  # really rerun

@@ -1,6 +1,4 @@
-"""Rule transfer: fine-tune one source model on one target in one mode (Appendix C)."""
-
-from pathlib import Path
+"""Rules transfer and transfer_mode0_*: fine-tune one source model on one or more targets (Appendix C)."""
 
 from atlib.checkpoint import CheckpointError
 from atlib.config import ConfigError
@@ -10,13 +8,15 @@ from atlib.tracking import live_for_job
 from atlib.transfer import TransferError, transfer
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-wc, p = sm.wildcards, sm.params
-with job_logging(sm.log[0]) as log, live_for_job(p.tracking, p.results, sm.output.metrics, "transfer",
-                                                  dict(wc.items())) as live:
-    try:
-        transfer(sm.input.model, Path(sm.input.target).parent, Path(sm.output.metrics).parent, mode=int(wc.mode),
-                 schedule=p.schedule, seed=p.seed, device=p.device, threads=sm.threads, log=log,
-                 model_key=p.model_key, arch=wc.arch,
-                 on_epoch=lambda row: live.log_metrics(row, step=int(row["epoch"])))
-    except (TransferError, CheckpointError, ConfigError, Interrupted, FileNotFoundError) as err:
-        raise SystemExit(str(err)) from None  # one clear line; Interrupted exits non-zero to be retried
+p = sm.params
+with job_logging(sm.log[0]) as log:
+    for job in p.jobs:  # one job, or every mode-0 target of one model (batch_mode0)
+        metrics = f"{job['out_dir']}/metrics.json"
+        with live_for_job(p.tracking, p.results, metrics, "transfer", job["wildcards"]) as live:
+            try:
+                transfer(sm.input.model, job["target_dir"], job["out_dir"], mode=job["mode"],
+                         schedule=job["schedule"], seed=job["seed"], device=p.device, threads=sm.threads, log=log,
+                         model_key=job["model_key"], arch=job["arch"],
+                         on_epoch=lambda row: live.log_metrics(row, step=int(row["epoch"])))
+            except (TransferError, CheckpointError, ConfigError, Interrupted, FileNotFoundError) as err:
+                raise SystemExit(str(err)) from None  # one clear line; Interrupted exits non-zero to be retried

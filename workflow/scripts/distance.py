@@ -1,0 +1,48 @@
+"""Rules features, task_distance and distances_*: a probe's feature caches, then task distances.
+
+params.features: datasets whose features to extract (rule features, or all of a probe's);
+params.distances: (source cache, target cache) pairs to compare (rule task_distance, or all).
+"""
+
+import logging
+from pathlib import Path
+
+from atlib.checkpoint import CheckpointError, load_model
+from atlib.data import Prepared
+from atlib.distance import FeatureSet, dataset_features, task_distance, write_json
+from atlib.logs import job_logging
+from atlib.runtime import pick_device, set_threads
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+p = sm.params
+
+
+def extract(model, meta, job: dict) -> None:
+    data = Prepared(Path(job["data"]).parent)
+    feats, labels = dataset_features(model, meta, data, p.max_images, job["seed"], p.batch_size,
+                                     pick_device(p.device), name=p.probe)
+    fs = FeatureSet(feats, labels, p.probe, job["dataset"], data.num_classes)
+    fs.save(job["out"])
+    logging.info("%s on %s: %d images, %d classes, feature dim %d", p.probe, data.name, len(labels),
+                 len(fs.classes), feats.shape[1])
+
+
+def distance(job: dict) -> None:
+    record = task_distance(FeatureSet.load(job["source"]), FeatureSet.load(job["target"]), gamma=p.gamma,
+                           pca_dim=p.pca_dim, max_points=p.otdd_points, seed=job["seed"])
+    write_json(record, job["out"])
+    logging.info("%s -> %s under %s: EMD %.4f, similarity %.4f, OTDD %.4f", record["source"],
+                 record["dataset"], record["probe"], record["emd"], record["similarity"], record["otdd"])
+
+
+with job_logging(sm.log[0]):
+    set_threads(sm.threads)
+    try:
+        if p.features:
+            model, meta = load_model(sm.input.model)
+            for job in p.features:
+                extract(model, meta, job)
+        for job in p.distances:
+            distance(job)
+    except (CheckpointError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(str(err)) from None
