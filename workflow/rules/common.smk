@@ -109,5 +109,15 @@ def all_results():
     return all_models() + all_transfers() + all_distances() + all_fisher() + all_representation() + all_invert()
 
 
+def report_inputs():
+    """Every file `aggregate` reads (atlib.report.load): the results plus their histories and side files."""
+    models = sorted({k.path for _, k in iter_models(config)})
+    sides = [f"{RESULTS}/models/{m}/{f}" for m in models for f in ("metrics.json", "history.csv")]
+    sides += [f.replace("metrics.json", "history.csv") for f in all_transfers()]
+    sides += [f.replace("summary.json", "tsne.csv") for f in all_representation()]
+    sides += [f.replace("curve.csv", "summary.json") for f in all_invert() if f.endswith("curve.csv")]
+    return all_results() + sides
+
+
 def all_targets():
     return all_results() + [f"{RESULTS}/report/summary.md", f"{RESULTS}/tracking/ingest.json"]

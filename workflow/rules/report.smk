@@ -24,7 +24,7 @@ def report_category(wc) -> str:
 
 rule aggregate:
     input:
-        all_results(),
+        report_inputs(),
     output:
         summary=f"{RESULTS}/report/summary.md",
         report=report(
