@@ -2,11 +2,19 @@
 
 Result files are the source of truth. `ingest` walks `results/` and keeps exactly one MLflow run
 per finished job, found again through its `job_key` tag (the job's path under `results/`, e.g.
-"transfer/fmnist04/resnet8/eps1/s0/mnist5k/mode0"). A run whose files and params are unchanged
-(`content_hash` tag) is skipped; a changed job's run is deleted and logged again from scratch, so
-metric histories never hold stale or doubled points. Every wildcard is its own tag, so the UI can
-filter e.g. `tags.rule = 'transfer' and tags.mode = '0' and tags.eps = '1'` (the `tag` wildcard:
-"eps" for standard and adversarial models, "gn" for Gaussian-noise ones).
+"transfer/fmnist04/resnet8/eps1/s0/mnist5k/mode0"; "report" for the report). A run whose files,
+params and layout are unchanged (`content_hash` tag) is skipped; a changed job's run is deleted and
+logged again from scratch, so metric histories never hold stale or doubled points, and runs from
+an older ingest (older `LAYOUT`) are upgraded the same way, never duplicated. Every wildcard is its
+own tag, so the UI can filter e.g. `tags.rule = 'transfer' and tags.mode = '0' and tags.eps = '1'`
+(the `tag` wildcard: "eps" for standard and adversarial models, "gn" for Gaussian-noise ones).
+
+What the UI shows (MLflow 3): the experiment is tagged as model development, so it opens on the
+runs table. Each source model's run is the parent (`mlflow.parentRunId`) of its transfers, Fisher,
+t-SNE, inversion and task-distance runs, all with short names ("eps1 s0 -> mnist5k m0"). A run's
+start and end are the job's own (its log's first and last timestamps, else its result file's
+time minus the recorded duration). Histories are metric steps (learning curves); the result
+file's numbers are summary metrics under `final/`.
 
 `LiveLogger` lets a training job stream its metrics while it runs. It never raises: if the server
 is down or slow it warns once and turns itself off; the ingest later replaces the live run with
@@ -34,10 +42,22 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 # Files that become artifacts of a run (model weights and feature caches stay out: too big).
-ARTIFACT_SUFFIXES = {".json", ".csv", ".png", ".pdf", ".md", ".txt"}
+ARTIFACT_SUFFIXES = frozenset({".json", ".csv", ".png", ".pdf", ".md", ".txt"})
 MAX_ARTIFACT_BYTES = 20 * 2**20
 # MLflow's per-call limits for log_batch.
 BATCH_METRICS, BATCH_PARAMS, BATCH_TAGS = 1000, 100, 100
+# The run layout (names, times, nesting, metric names). Part of every content_hash: a run logged
+# by an ingest of another layout no longer matches and is logged again under the same job_key.
+LAYOUT = "2"
+# MLflow 3 opens an experiment on its GenAI overview unless this tag says it holds training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_NOTE = ("One run per job of the atlib workflow (result files under results/ are the source of truth). "
+                   "Each source model's run holds its transfers, Fisher, t-SNE, inversion and task-distance runs "
+                   "(expand it); the run named `report` holds the report's figures and tables. Robust vs standard "
+                   "transfers: filter `tags.rule = 'transfer'` and group by the tag `robustness`.")
+PARENT_TAG, NOTE_TAG = "mlflow.parentRunId", "mlflow.note.content"
+# Numbers of a result file that name the job rather than measure it (they are tags already).
+ID_NUMBERS = frozenset({"eps", "seed", "mode"})
 
 _WILDCARD_RE = {
     "source": r"[A-Za-z0-9_\-]+", "dataset": r"[A-Za-z0-9_\-]+", "target": r"[A-Za-z0-9_\-]+",
@@ -46,6 +66,11 @@ _WILDCARD_RE = {
 }
 # As workflow/rules/common.smk: tag "eps" (standard, adversarial) or "gn" (Gaussian-noise models).
 MODEL_PATH = "{source}/{arch}/{tag}{eps}/s{seed}"
+# Seconds a job's result file may be written outside its log's span (clock skew between a node and
+# the file server; the last log line follows the write): measured within 0.7 s on the demo.
+LOG_SLACK_S = 10.0
+# asctime of atlib.logs.job_logging: local time, milliseconds after the comma.
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 
 
 class TrackingError(RuntimeError):
@@ -57,12 +82,15 @@ class JobKind:
     """One kind of finished job in the results tree.
 
     Args:
-        rule: the Snakemake rule that writes it (the `rule` tag).
+        rule: the Snakemake rule that writes it (the `rule` tag); its log is
+            `logs/{rule}/{path under folder}.log` (`logs/{rule}/{rule}.log` for an empty pattern).
         folder: its top folder under results/.
-        pattern: its path under `folder`, with wildcards; a directory, or a file for `single_file`.
+        pattern: its path under `folder`, with wildcards; a directory, or a file for `single_file`;
+            "" for the folder itself (the report).
         marker: the file whose presence means the job finished.
         single_file: the job is the marker file alone (task distance), not a directory.
         history: csv whose rows are metric histories (step column `step_col`).
+        suffixes: which of its files become artifacts.
     """
 
     rule: str
@@ -72,12 +100,18 @@ class JobKind:
     single_file: bool = False
     history: str | None = None
     step_col: str = "epoch"
+    suffixes: frozenset = ARTIFACT_SUFFIXES
 
     def regex(self) -> re.Pattern:
         out = re.escape(self.pattern)
         for name, rx in _WILDCARD_RE.items():
             out = out.replace(re.escape("{" + name + "}"), f"(?P<{name}>{rx})")
         return re.compile(f"^{out}$")
+
+    def key(self, rel: str) -> str:
+        """The job_key of the job at `rel` under the folder (a matched pattern)."""
+        rel = rel[:-5] if self.single_file else rel
+        return f"{self.folder}/{rel}" if rel else self.folder
 
 
 KINDS = (
@@ -87,6 +121,7 @@ KINDS = (
     JobKind("representation", "representation", MODEL_PATH, "summary.json"),
     JobKind("invert", "invert", MODEL_PATH + "/{method}", "curve.csv", history="curve.csv", step_col="step"),
     JobKind("task_distance", "distance", MODEL_PATH + "/{dataset}.json", "", single_file=True),
+    JobKind("aggregate", "report", "", "summary.md", suffixes=ARTIFACT_SUFFIXES | {".html"}),
 )
 
 
@@ -100,11 +135,17 @@ class Job:
     files: list[Path]  # the job's small result files (artifacts, hashed)
     main: Path  # metrics.json / summary.json / the distance json; may not exist for invert
     history: Path | None
+    log: Path | None = None  # the job's log file, where it exists
 
 
 def default_uri(results_dir: str | Path) -> str:
     """The local store: `sqlite:///<abs results>/mlflow.db` (MLflow >= 3.7 defaults to sqlite)."""
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def _rel(path: Path, top: Path) -> str:
+    rel = path.relative_to(top).as_posix()
+    return "" if rel == "." else rel
 
 
 def job_key(results_dir: str | Path, output_file: str | Path) -> str:
@@ -119,11 +160,44 @@ def job_key(results_dir: str | Path, output_file: str | Path) -> str:
         if rel.parts[0] != kind.folder:
             continue
         inner = Path(*rel.parts[1:])
-        candidates = [inner.as_posix()] if kind.single_file else [p.as_posix() for p in inner.parents]
+        candidates = [inner.as_posix()] if kind.single_file else [_rel(p, Path(".")) for p in inner.parents]
         for c in candidates:
             if kind.regex().match(c):
-                return f"{kind.folder}/{c[:-5] if kind.single_file else c}"
+                return kind.key(c)
     raise ValueError(f"{output_file} is not the output of a tracked job under {results_dir}")
+
+
+def parse_key(key: str) -> tuple[JobKind, dict[str, str]]:
+    """The kind and wildcards of a job_key (inverse of `JobKind.key`)."""
+    folder, _, rel = key.partition("/")
+    for kind in KINDS:
+        m = kind.regex().match(rel + (".json" if kind.single_file else "")) if kind.folder == folder else None
+        if m:
+            return kind, {k: v for k, v in m.groupdict().items() if v is not None}
+    raise ValueError(f"{key!r} is not the job_key of a tracked job")
+
+
+def _job(kind: JobKind, root: Path, marker: Path) -> Job | None:
+    top = root / kind.folder
+    rel = _rel(marker if kind.single_file else marker.parent, top)
+    m = kind.regex().match(rel)
+    if not m:
+        return None
+    wc = {k: v for k, v in m.groupdict().items() if v is not None}
+    if kind.single_file:
+        files, main, hist = [marker], marker, None
+        wc["probe"] = MODEL_PATH.format(**wc)
+    else:
+        files = sorted(p for p in marker.parent.iterdir() if p.is_file() and p.suffix in kind.suffixes
+                       and p.stat().st_size <= MAX_ARTIFACT_BYTES)
+        main = marker.parent / ("summary.json" if kind.marker.endswith(".csv") else kind.marker)
+        hist = marker.parent / kind.history if kind.history else None
+    if kind.rule == "transfer":
+        wc["source_model"] = MODEL_PATH.format(**wc)
+    key = kind.key(rel)
+    log_file = root / "logs" / kind.rule / f"{key.partition('/')[2] or kind.rule}.log"
+    return Job(kind, key, wc, files, main, hist if hist and hist.exists() else None,
+               log_file if log_file.is_file() else None)
 
 
 def find_jobs(results_dir: str | Path) -> list[Job]:
@@ -132,30 +206,93 @@ def find_jobs(results_dir: str | Path) -> list[Job]:
     jobs = []
     for kind in KINDS:
         top = root / kind.folder
-        if not top.is_dir():
-            continue
-        rx = kind.regex()
-        markers = top.rglob("*.json") if kind.single_file else top.rglob(kind.marker)
-        for marker in markers:
-            rel = marker.relative_to(top).as_posix() if kind.single_file else marker.parent.relative_to(top).as_posix()
-            m = rx.match(rel)
-            if not m:
-                continue
-            wc = {k: v for k, v in m.groupdict().items() if v is not None}
-            if kind.single_file:
-                files, main, hist = [marker], marker, None
-                wc["probe"] = MODEL_PATH.format(**wc)
-                key = f"{kind.folder}/{rel[:-5]}"
-            else:
-                files = sorted(p for p in marker.parent.iterdir() if p.is_file() and p.suffix in ARTIFACT_SUFFIXES
-                               and p.stat().st_size <= MAX_ARTIFACT_BYTES)
-                main = marker.parent / ("summary.json" if kind.marker.endswith(".csv") else kind.marker)
-                hist = marker.parent / kind.history if kind.history else None
-                key = f"{kind.folder}/{rel}"
-            if kind.rule == "transfer":
-                wc["source_model"] = MODEL_PATH.format(**wc)
-            jobs.append(Job(kind, key, wc, files, main, hist if hist and hist.exists() else None))
+        if top.is_dir():
+            markers = top.rglob("*.json") if kind.single_file else top.rglob(kind.marker)
+            jobs += [j for j in (_job(kind, root, m) for m in markers) if j is not None]
     return sorted(jobs, key=lambda j: j.key)
+
+
+def model_label(wc: dict[str, str], qualify: bool = False) -> str:
+    """A model's short name: "eps1 s0" ("fmnist04 resnet8 eps1 s0" where sources or archs differ)."""
+    label = f"{wc['tag']}{wc['eps']} s{wc['seed']}"
+    return f"{wc['source']} {wc['arch']} {label}" if qualify else label
+
+
+def run_name(rule: str, wc: dict[str, str], qualify: bool = False, imported: bool = False) -> str:
+    """The run's short name in the UI's first column; the full job_key stays a tag.
+
+    Args:
+        rule: the job's rule; wc: its wildcards.
+        qualify: name the source and arch too (the results hold more than one pair).
+        imported: a source model imported from a checkpoint, not trained.
+    """
+    if rule == "aggregate":
+        return "report"
+    model = model_label(wc, qualify)
+    suffix = {"train_source": " imported" if imported else "",
+              "transfer": f" -> {wc.get('target')} m{wc.get('mode')}", "fisher": " fisher",
+              "representation": " t-SNE", "invert": f" inversion {wc.get('method')}",
+              "task_distance": f" distance {wc.get('dataset')}"}
+    return model + suffix.get(rule, f" {rule}")
+
+
+def parent_key(rule: str, wc: dict[str, str]) -> str | None:
+    """job_key of the source model's run a job's run is nested under (None: a top-level run)."""
+    if rule in ("train_source", "aggregate") or "seed" not in wc:
+        return None
+    return "models/" + MODEL_PATH.format(**wc)
+
+
+def robustness(wc: dict[str, str]) -> str | None:
+    """How the (source) model was trained: standard, adversarial (PGD/TRADES) or gaussian (noise)."""
+    if "tag" not in wc:
+        return None
+    if wc["tag"] == "gn":
+        return "gaussian"
+    return "standard" if float(wc["eps"]) == 0 else "adversarial"
+
+
+def _log_span(path: Path) -> tuple[float, float] | None:
+    """First and last timestamps (epoch seconds) of a job log, None without any."""
+    stamps = []
+    with path.open(errors="replace") as fh:
+        for line in fh:
+            m = _LOG_TIME.match(line)
+            if m:
+                stamps.append(time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000)
+    return (stamps[0], stamps[-1]) if stamps else None
+
+
+def _recorded_seconds(job: Job) -> float:
+    """The job's duration as its result files record it (train_time_s, else the history's time_s)."""
+    if job.main.exists() and job.main.suffix == ".json":
+        sec = _number(_read_json(job.main).get("train_time_s"))
+        if sec:
+            return sec
+    if job.history is not None:
+        with job.history.open(newline="") as fh:
+            return sum(_float(row.get("time_s")) or 0.0 for row in csv.DictReader(fh))
+    return 0.0
+
+
+def job_times(job: Job) -> tuple[int, int]:
+    """(start, end) of the job in epoch milliseconds, start <= end.
+
+    The job's log spans the job (first and last line) when its result file was written within
+    that span (give or take `LOG_SLACK_S`). Otherwise (no log, a log of a rerun in progress, or a
+    stale log the results no longer come from, e.g. the job now runs batched with a log of its own)
+    the end is the result file's time and the start that minus the duration the results record
+    (0 when they record none).
+    """
+    end = max(f.stat().st_mtime for f in job.files)
+    if job.main.exists():
+        end = job.main.stat().st_mtime
+    span = _log_span(job.log) if job.log is not None else None
+    if span is not None and span[0] - LOG_SLACK_S <= end <= span[1] + LOG_SLACK_S:
+        start, end = span
+    else:
+        start = end - _recorded_seconds(job)
+    return int(start * 1000), int(max(start, end) * 1000)
 
 
 def flatten(d: dict, prefix: str = "", sep: str = "/") -> dict[str, Any]:
@@ -176,6 +313,14 @@ def _number(v: Any) -> float | None:
     if isinstance(v, (int, float)) and math.isfinite(v):
         return float(v)
     return None
+
+
+def _float(raw: str | None) -> float | None:
+    """A csv cell as a finite float (None: empty, text, nan or inf)."""
+    try:
+        return _number(float(raw)) if raw not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def config_index(config: dict | None) -> dict[str, dict]:
@@ -203,12 +348,15 @@ def job_params(job: Job, config: dict | None, index: dict | None = None) -> dict
     model = MODEL_PATH.format(**job.wildcards) if "seed" in job.wildcards else None
     exp_name = index["models"].get(model)
     exp = experiments.get(exp_name) if exp_name else None
+    rule = job.kind.rule
     if exp:
         params["experiment"] = exp_name
         params["width"] = exp.get("width")
         params["train_schedule"] = exp.get("train")
+        if rule == "train_source":  # as workflow/rules/train.smk's pretrained_checkpoint
+            params["pretrained"] = next((path for e, path in (exp.get("pretrained") or {}).items()
+                                         if float(e) == float(job.wildcards["eps"])), None)
         params.update(flatten(cfg.get("train_schedules", {}).get(exp.get("train"), {}) or {}, "train", "."))
-    rule = job.kind.rule
     if rule == "transfer":
         ft_name = index["transfers"].get((model, job.wildcards["target"], int(job.wildcards["mode"])))
         ft_exp = experiments.get(ft_name) if ft_name else None
@@ -233,8 +381,9 @@ def job_params(job: Job, config: dict | None, index: dict | None = None) -> dict
 
 
 def content_hash(job: Job, params: dict[str, str]) -> str:
-    """Hash of the job's files and params: equal hash = nothing to re-log."""
-    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    """Hash of the run layout, the job's files and params: equal hash = nothing to re-log."""
+    h = hashlib.sha256(f"layout {LAYOUT}".encode())
+    h.update(json.dumps(params, sort_keys=True).encode())
     for f in job.files:
         h.update(f.name.encode())
         h.update(f.read_bytes())
@@ -249,33 +398,26 @@ def _read_json(path: Path) -> dict:
 
 
 def job_metrics(job: Job) -> list[tuple[str, float, int]]:
-    """(key, value, step) for the job's final metrics and its history rows."""
+    """(key, value, step) for the job's history rows and its final numbers.
+
+    History columns keep their names (step = the csv's epoch/step): the UI draws them as curves.
+    The result file's numbers are summary metrics `final/<key>` (nested keys joined by "/"), at the
+    last step: they sort together in the runs table and never fall into a curve of the same name.
+    """
     out: list[tuple[str, float, int]] = []
-    hist_cols: set[str] = set()
     if job.history is not None:
         with job.history.open(newline="") as fh:
             for i, row in enumerate(csv.DictReader(fh)):
-                try:
-                    step = int(float(row.get(job.kind.step_col) or i))
-                except ValueError:
-                    step = i
-                for col, raw in row.items():
-                    if col == job.kind.step_col or raw in (None, ""):
-                        continue
-                    try:
-                        v = float(raw)
-                    except ValueError:
-                        continue
-                    if math.isfinite(v):
-                        hist_cols.add(col)
-                        out.append((col, v, step))
-    if job.main.exists():
+                step = _float(row.get(job.kind.step_col))
+                step = int(step) if step is not None else i
+                out += [(col, v, step) for col, raw in row.items()
+                        if col != job.kind.step_col and (v := _float(raw)) is not None]
+    if job.main.exists() and job.main.suffix == ".json":
         last = max((s for _, _, s in out), default=0)
         for k, v in flatten(_read_json(job.main)).items():
             num = _number(v)
-            if num is not None:
-                # A final value named like a history column would be drawn into its curve.
-                out.append((f"final/{k}" if k in hist_cols else k, num, last))
+            if num is not None and k not in ID_NUMBERS:
+                out.append((f"final/{k}", num, last))
     return out
 
 
@@ -304,13 +446,20 @@ def _check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def _experiment_id(client, name: str, artifact_root: Path | None) -> str:
+    """The experiment's id, created (or restored) and tagged so the UI opens on the runs table."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    loc = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    return client.create_experiment(name, artifact_location=loc)
+    if exp is None:
+        loc = artifact_root.resolve().as_uri() if artifact_root is not None else None
+        return client.create_experiment(name, artifact_location=loc,
+                                        tags={**EXPERIMENT_KIND, NOTE_TAG: EXPERIMENT_NOTE})
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    for k, v in EXPERIMENT_KIND.items():  # an experiment made by an earlier version, or by MLflow
+        if exp.tags.get(k) != v:
+            client.set_experiment_tag(exp.experiment_id, k, v)
+    if NOTE_TAG not in exp.tags:  # the user's own description stays
+        client.set_experiment_tag(exp.experiment_id, NOTE_TAG, EXPERIMENT_NOTE)
+    return exp.experiment_id
 
 
 def _artifact_root(uri: str, results_dir: str | Path | None = None) -> Path | None:
@@ -337,13 +486,14 @@ def _runs_by_key(client, experiment_id: str) -> dict[str, list]:
             return runs
 
 
-def _log_job(client, experiment_id: str, job: Job, params: dict[str, str], tags: dict[str, str]) -> str:
+def _log_job(client, experiment_id: str, job: Job, params: dict[str, str], tags: dict[str, str], name: str) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
-    run = client.create_run(experiment_id, run_name=job.key, tags={"job_key": job.key, "rule": job.kind.rule})
+    start, end = job_times(job)
+    run = client.create_run(experiment_id, start_time=start, run_name=name,
+                            tags={"job_key": job.key, "rule": job.kind.rule})
     rid = run.info.run_id
-    ts = int(max(f.stat().st_mtime for f in job.files) * 1000)
-    metrics = [Metric(k, v, ts, s) for k, v, s in job_metrics(job)]
+    metrics = [Metric(k, v, end, s) for k, v, s in job_metrics(job)]
     p = [Param(k, v) for k, v in params.items()]
     t = [RunTag(k, v) for k, v in tags.items()]
     for i in range(0, len(metrics), BATCH_METRICS):
@@ -355,8 +505,34 @@ def _log_job(client, experiment_id: str, job: Job, params: dict[str, str], tags:
     for f in job.files:
         client.log_artifact(rid, str(f))
     with redirect_stdout(io.StringIO()):  # a server URI prints two "View run" lines per run
-        client.set_terminated(rid, "FINISHED", end_time=ts)
+        client.set_terminated(rid, "FINISHED", end_time=end)
     return rid
+
+
+def _is_imported(job: Job, params: dict[str, str]) -> bool:
+    """A source model imported from a checkpoint (atlib.pretrained.import_source: 0 epochs, 0 s)."""
+    if job.kind.rule != "train_source":
+        return False
+    if params.get("pretrained"):
+        return True
+    metrics = _read_json(job.main) if job.main.exists() else {}
+    return metrics.get("epochs") == 0 and not metrics.get("train_time_s")
+
+
+def job_tags(job: Job, params: dict[str, str]) -> dict[str, str]:
+    """Tags of a job's run besides job_key and rule: its wildcards, how its model was trained, and
+    for an imported source model the checkpoint it came from (also the run's description)."""
+    tags = {k: str(v) for k, v in job.wildcards.items()}
+    if robustness(job.wildcards):
+        tags["robustness"] = robustness(job.wildcards)
+    if job.kind.rule == "train_source":
+        imported = _is_imported(job, params)
+        tags["origin"] = "imported" if imported else "trained"
+        if imported:
+            ckpt = params.get("pretrained") or "a published checkpoint"
+            tags[NOTE_TAG] = (f"Imported from {ckpt}, not trained: its metrics are the evaluation of the "
+                              "imported weights and its duration that of the import job.")
+    return tags
 
 
 def ingest(results_dir: str | Path, uri: str | None = None, experiment: str = "atlib", config: dict | None = None,
@@ -371,7 +547,8 @@ def ingest(results_dir: str | Path, uri: str | None = None, experiment: str = "a
         git_commit: commit of the code that produced the results (tag), if known.
 
     Returns: {"uri", "experiment", "experiment_id", "jobs", "created", "updated", "skipped",
-        "stale_kept" (job_keys of runs whose results are gone; kept), "seconds"}.
+        "relinked" (unchanged runs given their current name or parent), "stale_kept" (job_keys of
+        runs whose results are gone; kept), "seconds"}.
     Raises TrackingError (one message) for an unreachable server, a failing store or an unreadable
     result file. Replaced runs are soft-deleted: `mlflow gc --backend-store-uri <uri>` purges them.
     An interrupted ingest is simply run again: finished runs are skipped.
@@ -388,6 +565,21 @@ def ingest(results_dir: str | Path, uri: str | None = None, experiment: str = "a
                             "tracking.uri) and rerun the `track` rule; result files are unaffected.") from None
 
 
+def _relink(client, run, name: str, parent: str | None) -> bool:
+    """Give an unchanged run its current name and parent (a parent logged again has a new id)."""
+    rid, changed = run.info.run_id, False
+    if run.info.run_name != name:
+        client.update_run(rid, name=name)
+        changed = True
+    if run.data.tags.get(PARENT_TAG) != parent:
+        if parent:
+            client.set_tag(rid, PARENT_TAG, parent)
+        else:
+            client.delete_tag(rid, PARENT_TAG)
+        changed = True
+    return changed
+
+
 def _ingest(results: Path, uri: str, experiment: str, config: dict | None, git_commit: str | None) -> dict[str, Any]:
     from mlflow import MlflowClient
 
@@ -395,7 +587,8 @@ def _ingest(results: Path, uri: str, experiment: str, config: dict | None, git_c
 
     t0 = time.time()
     _check_reachable(uri)
-    jobs = find_jobs(results)
+    # Source models first: their run ids are the parents of everything else.
+    jobs = sorted(find_jobs(results), key=lambda j: (j.kind.rule != "train_source", j.key))
     client = MlflowClient(tracking_uri=uri)
     exp_id = _experiment_id(client, experiment, _artifact_root(uri, results))
     existing = _runs_by_key(client, exp_id)
@@ -403,20 +596,28 @@ def _ingest(results: Path, uri: str, experiment: str, config: dict | None, git_c
     common = {k: v for k, v in common.items() if v}
     if git_commit:
         common["mlflow.source.git.commit"] = git_commit
-    counts = {"created": 0, "updated": 0, "skipped": 0}
+    counts = {"created": 0, "updated": 0, "skipped": 0, "relinked": 0}
     index = config_index(config)
+    qualify = len({(j.wildcards["source"], j.wildcards["arch"]) for j in jobs if "arch" in j.wildcards}) > 1
+    run_ids: dict[str, str] = {}
     for job in jobs:
         params = job_params(job, config, index)
         digest = content_hash(job, params)
+        tags = {**common, **job_tags(job, params), "content_hash": digest}
+        name = run_name(job.kind.rule, job.wildcards, qualify, tags.get("origin") == "imported")
+        parent = run_ids.get(parent_key(job.kind.rule, job.wildcards) or "")
         old = existing.pop(job.key, [])
         if len(old) == 1 and old[0].data.tags.get("content_hash") == digest:
             counts["skipped"] += 1
+            counts["relinked"] += _relink(client, old[0], name, parent)
+            run_ids[job.key] = old[0].info.run_id
             continue
-        # Changed results, or a live run from the job itself: log it again from scratch.
+        # Changed results, an older layout, or a live run from the job itself: log it again from scratch.
         for r in old:
             client.delete_run(r.info.run_id)
-        tags = {**common, **{k: str(v) for k, v in job.wildcards.items()}, "content_hash": digest}
-        _log_job(client, exp_id, job, params, tags)
+        if parent:
+            tags[PARENT_TAG] = parent
+        run_ids[job.key] = _log_job(client, exp_id, job, params, tags, name)
         counts["updated" if old else "created"] += 1
     summary = {"uri": uri, "experiment": experiment, "experiment_id": exp_id, "jobs": len(jobs), **counts,
                "stale_kept": sorted(existing), "seconds": round(time.time() - t0, 2)}
@@ -501,7 +702,13 @@ class LiveLogger:
             elif self.run_id is None:  # a live run from an earlier attempt: continue it
                 self.run_id = r.info.run_id
         if self.run_id is None:
-            run = self.client.create_run(exp_id, run_name=self.job_key, tags={"job_key": self.job_key, **self.tags})
+            kind, wc = parse_key(self.job_key)
+            tags = {"job_key": self.job_key, **self.tags}
+            parent = parent_key(kind.rule, wc)
+            found = self.client.search_runs([exp_id], f"tags.job_key = '{parent}'", max_results=1) if parent else []
+            if found:  # nested under its source model's run, as the ingest will nest it
+                tags[PARENT_TAG] = found[0].info.run_id
+            run = self.client.create_run(exp_id, run_name=run_name(kind.rule, wc), tags=tags)
             self.run_id = run.info.run_id
         else:
             self.client.update_run(self.run_id, status="RUNNING")

@@ -119,6 +119,29 @@ def test_tiny_end_to_end_outputs(tiny_run):
         assert (res / rel).exists(), rel
 
 
+def test_tiny_mlflow_view(tiny_run):
+    """The track rule's store as the UI shows it: runs table first, job times, runs nested by model."""
+    import json
+
+    from mlflow import MlflowClient
+
+    res = tiny_run / "results"
+    client = MlflowClient(f"sqlite:///{res.resolve()}/mlflow.db")
+    exp = client.get_experiment_by_name("atlib")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    assert len(runs) == json.loads((res / "tracking/ingest.json").read_text())["jobs"]
+    by_key = {r.data.tags["job_key"]: r for r in runs}
+    for r in runs:
+        assert 0 <= r.info.end_time - r.info.start_time < 3_600_000, r.data.tags["job_key"]
+        if r.data.tags["rule"] not in ("train_source", "aggregate"):
+            model = "models/{source}/{arch}/{tag}{eps}/s{seed}".format(**r.data.tags)
+            assert r.data.tags["mlflow.parentRunId"] == by_key[model].info.run_id, r.data.tags["job_key"]
+    trained = by_key["models/src/resnet8/eps0.5/s0"]
+    assert trained.info.end_time > trained.info.start_time and trained.info.run_name == "eps0.5 s0"
+    assert "claims.md" in {a.path for a in client.list_artifacts(by_key["report"].info.run_id)}
+
+
 def test_tiny_rerun_plans_nothing(tiny_run):
     r = snakemake("-n", "-d", str(tiny_run), "--configfile", str(ROOT / "tests/configs/tiny.yaml"),
                   "--config", "results=results")

@@ -16,4 +16,5 @@ with job_logging(sm.log[0]):
         raise SystemExit(str(err)) from None
     summary["config_hash"] = p.config_hash
     Path(sm.output.summary).write_text(json.dumps(summary, indent=2) + "\n")
-    logging.info("MLflow: %(created)d runs created, %(updated)d updated, %(skipped)d unchanged (%(uri)s)", summary)
+    logging.info("MLflow: %(created)d runs created, %(updated)d updated (changed results or an older layout), "
+                 "%(skipped)d unchanged, %(relinked)d of them renamed or re-nested (%(uri)s)", summary)
