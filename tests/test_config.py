@@ -259,6 +259,6 @@ def test_demo_power_overlay_merges_into_a_valid_config():
     out = check_config(cfg, DATASETS)
     assert out["datasets"]["fmnist04"]["classes"] == [0, 1, 2, 3, 4]  # kept from the demo
     assert out["datasets"]["fmnist04"]["max_train"] == 20000 and out["train_schedules"]["demo"]["attack"]["steps"] == 2
-    assert out["experiments"]["demo"]["targets"] == demo()["experiments"]["demo"]["targets"]  # the demo's own
+    assert out["experiments"]["demo"]["targets"] == check_config(demo(), DATASETS)["experiments"]["demo"]["targets"]
     assert len([t for t in out["experiments"]["demo"]["targets"] if t != "fmnist04"]) == 17
     assert len(near_far(out, "demo")[1]) == 13 and near_far(out, "demo")[1][-1] == "mnist_blur_3"
