@@ -55,7 +55,7 @@ def embedding(probe: nn.Module, head: nn.Linear, x: torch.Tensor, seed: int = 0,
     """Task2Vec embedding: the Monte Carlo diagonal Fisher of the probe's filters, averaged per
     filter (weights with >= 2 dims: conv filters and linear rows; BN and biases left out, as in
     Task2Vec). The probe's own classifier `fc` is not part of the network and is skipped."""
-    net = ProbeWithHead(probe, head)
+    net = ProbeWithHead(probe, head).train(probe.training)  # the Fisher restores this mode on the probe
     fisher = diagonal_fisher(net, x, kind="true", chunk=chunk, generator=torch.Generator().manual_seed(seed))
     parts = [v.flatten(1).mean(1) for k, v in fisher.items()
              if k.startswith("probe.") and not k.startswith("probe.fc.") and v.dim() >= 2]
