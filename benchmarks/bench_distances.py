@@ -27,7 +27,8 @@ from atlib.fisher import diagonal_fisher
 from atlib.models import build_model
 from atlib.task2vec import distance as task2vec_distance
 from atlib.task2vec import embedding, fit_head
-from record import write_record  # benchmarks/ is on sys.path when run as a script
+from bench_fisher import timed  # benchmarks/ is on sys.path when run as a script
+from record import write_record
 
 OUT = Path(__file__).resolve().parent / "results" / "distances.json"
 PROBES = {  # name: (arch, width, channels, size, classes, images with features, Task2Vec images)
@@ -93,13 +94,9 @@ def fisher_peers(model: nn.Module, x: torch.Tensor, rounds: int) -> dict:
         "backpack_diaggngmc": bp,
         "nngeometry_fim_mc": lambda: FIM_MonteCarlo(model, loader, PMatDiag, trials=1).get_diag(),
     }
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for k, fn in fns.items():  # warm-up (allocator, kernels, fx conversion)
+    for fn in fns.values():  # warm-up (allocator, kernels, fx conversion)
         fn()
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            times[k].append(_clock(fn)[1])
-    best = {k: min(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in timed(fns, rounds).items()}
     fastest = min(best.values())
     return {"images": len(x), "ratio_to_fastest": {k: round(v / fastest, 2) for k, v in best.items()},
             "fastest": min(best, key=best.get)}

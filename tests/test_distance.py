@@ -93,7 +93,9 @@ def test_logme_is_the_maximum_evidence():
     y = (f[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)
 
     def best(t):  # max over (alpha, beta) of log N(t; 0, F F^T / alpha + I / beta), per sample
-        nll = lambda p: -multivariate_normal.logpdf(t, cov=f @ f.T / np.exp(p[0]) + np.eye(60) / np.exp(p[1]))  # noqa: E731
+        def nll(log_ab):
+            return -multivariate_normal.logpdf(t, cov=f @ f.T / np.exp(log_ab[0]) + np.eye(60) / np.exp(log_ab[1]))
+
         return -minimize(nll, [0.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9}).fun / 60
 
     ref = np.mean([best((y == c).astype(float)) for c in (0, 1)])
