@@ -14,12 +14,13 @@ RESULTS ?= results
 venv: $(STAMP)
 
 # torch: the CPU wheel, pinned. torchvision 0.28.0 is a CUDA build on PyPI: --no-deps keeps its
-# CUDA torch out (atlib.compat makes it import on CPU torch). torchattacks pins an old requests.
+# CUDA torch out (atlib.compat makes it import on CPU torch). torchattacks pins an old requests;
+# nngeometry (the diagonal Fisher's peer in tests and benchmarks) would pull another torch.
 $(STAMP): pyproject.toml envs/constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) --no-deps torchvision==0.28.0 torchattacks==3.5.1
+	$(PIP) --no-deps torchvision==0.28.0 torchattacks==3.5.1 nngeometry==0.4
 	$(PIP) -e '.[test]'
 	touch $@
 

@@ -1,7 +1,7 @@
 """Task distance between a source and a target dataset, in a probe model's feature space.
 
-Two measures, both computed on features z = f_w(x) of a probe model (by default the
-experiment's standard, eps 0, model):
+Task distances and a transferability score, all computed on features z = f_w(x) of a probe
+model (by default the experiment's standard, eps 0, model):
 
 - `emd_distance`: Cui et al. (CVPR 2018), the paper's reference [7]. Each dataset is its set
   of class-mean features weighted by class frequency; the distance is the exact Earth
@@ -11,6 +11,11 @@ experiment's standard, eps 0, model):
   fitted on both datasets (shrinkage covariances keep them well conditioned); points are
   compared by ||x - x'||^2 + W2(class, class')^2 and transported with uniform weights.
   Identical inputs give exactly 0 (OTDD's own implementation does not, see `_bures2`).
+- `otdd_exact`: OTDD itself, with exact OT between class-conditional point clouds as the
+  label-to-label cost, on a seeded subsample.
+- `logme`: You et al.'s LogME of the target (a score, higher = easier; not a distance).
+- Task2Vec (`atlib.task2vec`): the normalized cosine distance between diagonal-Fisher embeddings
+  of the probe with a head trained on each task.
 
 Features are extracted once per (probe, dataset) into an `.npz` cache (rule `features`);
 rule `task_distance` combines the probe's source cache with a dataset's cache.
@@ -33,6 +38,7 @@ from sklearn.decomposition import PCA
 from tqdm import tqdm
 
 from .data import Prepared, adapt
+from .task2vec import distance as task2vec_distance
 
 
 # --------------------------------------------------------------------------- features
@@ -225,6 +231,15 @@ def _subsample(n: int, m: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, m, replace=False)) if n > m else np.arange(n)
 
 
+def _pca_space(feat_a: np.ndarray, feat_b: np.ndarray, pca_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both feature sets in one PCA space of at most `pca_dim` dimensions, fitted on their union."""
+    za_all, zb_all = np.asarray(feat_a, np.float64), np.asarray(feat_b, np.float64)
+    k = max(1, min(pca_dim, za_all.shape[1], len(za_all) + len(zb_all) - 1))
+    # covariance_eigh: the fit depends on the union, not on the order of the two datasets.
+    pca = PCA(n_components=k, svd_solver="covariance_eigh").fit(np.concatenate([za_all, zb_all]))
+    return pca.transform(za_all), pca.transform(zb_all)
+
+
 def otdd_distance(feat_a: np.ndarray, labels_a: np.ndarray, feat_b: np.ndarray, labels_b: np.ndarray,
                   pca_dim: int = 64, max_points: int = 500, seed: int = 0) -> float:
     """Label-aware OT distance between two labelled feature sets (OTDD-style, p = 2).
@@ -236,11 +251,7 @@ def otdd_distance(feat_a: np.ndarray, labels_a: np.ndarray, feat_b: np.ndarray, 
             the class Gaussians use every point.
         seed: seed of the subsamples.
     """
-    za_all, zb_all = np.asarray(feat_a, np.float64), np.asarray(feat_b, np.float64)
-    k = max(1, min(pca_dim, za_all.shape[1], len(za_all) + len(zb_all) - 1))
-    # covariance_eigh: the fit depends on the union, not on the order of the two datasets.
-    pca = PCA(n_components=k, svd_solver="covariance_eigh").fit(np.concatenate([za_all, zb_all]))
-    za, zb = pca.transform(za_all), pca.transform(zb_all)
+    za, zb = _pca_space(feat_a, feat_b, pca_dim)
     ca, cb = np.unique(labels_a), np.unique(labels_b)
     mu_a, cov_a = _class_gaussians(za, labels_a, ca)
     mu_b, cov_b = _class_gaussians(zb, labels_b, cb)
@@ -252,12 +263,75 @@ def otdd_distance(feat_a: np.ndarray, labels_a: np.ndarray, feat_b: np.ndarray, 
     return float(np.sqrt(max(ot.emd2(u, v, cost, numItermax=1_000_000), 0.0)))
 
 
+def otdd_exact(feat_a: np.ndarray, labels_a: np.ndarray, feat_b: np.ndarray, labels_b: np.ndarray,
+               pca_dim: int = 64, max_points: int = 500, seed: int = 0) -> float:
+    """Exact OTDD (Alvarez-Melis & Fusi, 2020, p = 2) between two labelled feature sets.
+
+    On a seeded subsample of `max_points` per dataset (in the shared PCA space): the label-to-label
+    cost is the exact squared W2 between the two class-conditional point clouds, then the dataset
+    distance is the exact OT over (feature, label) pairs with cost ||x - x'||^2 + W2(y, y')^2.
+    Identical inputs give exactly 0 (the same subsample, a zero-cost diagonal plan).
+    """
+    za, zb = _pca_space(feat_a, feat_b, pca_dim)
+    ia, ib = _subsample(len(za), max_points, seed), _subsample(len(zb), max_points, seed)
+    xa, xb, la, lb = za[ia], zb[ib], np.asarray(labels_a)[ia], np.asarray(labels_b)[ib]
+    ca, cb = np.unique(la), np.unique(lb)
+    w2 = np.zeros((len(ca), len(cb)))
+    for i, c in enumerate(ca):
+        pa = xa[la == c]
+        for j, c2 in enumerate(cb):
+            pb = xb[lb == c2]
+            w2[i, j] = ot.emd2(np.full(len(pa), 1 / len(pa)), np.full(len(pb), 1 / len(pb)),
+                               cdist(pa, pb, "sqeuclidean"))
+    cost = cdist(xa, xb, "sqeuclidean") + w2[np.searchsorted(ca, la)][:, np.searchsorted(cb, lb)]
+    u, v = np.full(len(xa), 1 / len(xa)), np.full(len(xb), 1 / len(xb))
+    return float(np.sqrt(max(ot.emd2(u, v, cost, numItermax=1_000_000), 0.0)))
+
+
+# --------------------------------------------------------------------------- LogME
+
+
+def logme(features: np.ndarray, labels: np.ndarray, max_iter: int = 11) -> float:
+    """LogME (You et al., ICML 2021): the log maximum evidence per sample of a Bayesian linear
+    model from the features to each one-hot label column, averaged over classes. A transferability
+    score of the target alone (higher = the features fit the task better), not a distance.
+
+    Closed form per class after one eigendecomposition of F^T F; alpha (prior precision) and beta
+    (noise precision) by the MacKay fixed point, as in the authors' reference code.
+    """
+    f = np.asarray(features, np.float64)
+    n, d = f.shape
+    s, v = np.linalg.eigh(f.T @ f)
+    s = np.clip(s, 0, None)  # d eigenvalues (zeros beyond rank when d > n)
+    out = []
+    for c in np.unique(labels):
+        y = (np.asarray(labels) == c).astype(np.float64)
+        proj = v.T @ (f.T @ y)
+        alpha, beta = 1.0, 1.0
+        for _ in range(max_iter):
+            gamma = (beta * s / (alpha + beta * s)).sum()
+            m = v @ (proj * beta / (alpha + beta * s))
+            m2, res2 = float(m @ m), float(((y - f @ m) ** 2).sum())
+            lam = alpha / beta
+            alpha, beta = gamma / (m2 + 1e-5), (n - gamma) / (res2 + 1e-5)
+            if abs(alpha / beta - lam) / lam < 0.01:
+                break
+        out.append((d / 2 * np.log(alpha) + n / 2 * np.log(beta) - 0.5 * np.log(alpha + beta * s).sum()
+                    - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * np.log(2 * np.pi)) / n)
+    return float(np.mean(out))
+
+
 # --------------------------------------------------------------------------- the rule
 
 
 def task_distance(source: FeatureSet, target: FeatureSet, gamma: float, pca_dim: int = 64,
-                  max_points: int = 500, seed: int = 0) -> dict:
-    """The distance record of `target` from the probe's `source` (the `distance/...json` contract)."""
+                  max_points: int = 500, seed: int = 0,
+                  embeddings: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """The distance record of `target` from the probe's `source` (the `distance/...json` contract).
+
+    embeddings: the Task2Vec embeddings of source and target (`atlib.task2vec.task_embedding`);
+    without them the record has no "task2vec" key.
+    """
     if source.probe != target.probe:
         raise ValueError(f"feature caches come from different probes: {source.probe} and {target.probe}")
     ma, wa = source.class_means()
@@ -265,8 +339,14 @@ def task_distance(source: FeatureSet, target: FeatureSet, gamma: float, pca_dim:
     emd = emd_distance(ma, wa, mb, wb)
     otdd = otdd_distance(source.features, source.labels, target.features, target.labels,
                          pca_dim=pca_dim, max_points=max_points, seed=seed)
-    return {"probe": source.probe, "source": source.dataset, "dataset": target.dataset, "emd": emd,
-            "similarity": domain_similarity(emd, gamma), "otdd": otdd, "n_images": int(len(target.labels))}
+    exact = otdd_exact(source.features, source.labels, target.features, target.labels,
+                       pca_dim=pca_dim, max_points=max_points, seed=seed)
+    record = {"probe": source.probe, "source": source.dataset, "dataset": target.dataset, "emd": emd,
+              "similarity": domain_similarity(emd, gamma), "otdd": otdd, "otdd_exact": exact,
+              "logme": logme(target.features, target.labels), "n_images": int(len(target.labels))}
+    if embeddings is not None:
+        record["task2vec"] = task2vec_distance(*embeddings)
+    return record
 
 
 def write_json(record: dict, path: str | Path) -> None:

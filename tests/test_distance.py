@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from atlib.distance import (FeatureSet, dataset_features, domain_similarity, emd_distance, extract_features,
-                            otdd_distance, task_distance)
+                            logme, otdd_distance, otdd_exact, task_distance)
 
 
 def _blobs(n: int, k: int, d: int, shift: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +67,43 @@ def test_otdd_pure_shift_value():
     assert d == pytest.approx(np.sqrt(2.0), rel=1e-6)
 
 
+def test_otdd_exact_self_zero_symmetric_and_brute_force():
+    x, y = _blobs(120, 3, 10)
+    assert otdd_exact(x, y, x, y, pca_dim=6, max_points=80) == 0.0
+    xs, ys = _blobs(100, 2, 10, shift=1.0, seed=3)
+    d_ab = otdd_exact(x, y, xs, ys, pca_dim=6, max_points=80)
+    assert d_ab == pytest.approx(otdd_exact(xs, ys, x, y, pca_dim=6, max_points=80), rel=1e-9)
+    xf, yf = _blobs(100, 2, 10, shift=3.0, seed=3)
+    assert otdd_exact(x, y, xf, yf, pca_dim=6, max_points=80) > d_ab
+    # 1-D, one point per class, 2 vs 2: the label cost is the squared gap of the single points, and the
+    # dataset cost is the best of the two pairings, brute-forced here.
+    a, la, b, lb = np.array([[0.0], [1.0]]), np.array([0, 1]), np.array([[0.5], [3.0]]), np.array([0, 1])
+    w2 = (a[:, 0][:, None] - b[:, 0][None]) ** 2
+    cost = w2 + w2  # ||x - x'||^2 + W2(y, y')^2 with one point per class
+    brute = min(cost[0, 0] + cost[1, 1], cost[0, 1] + cost[1, 0]) / 2
+    assert otdd_exact(a, la, b, lb, pca_dim=1, max_points=2) == pytest.approx(np.sqrt(brute))
+
+
+def test_logme_is_the_maximum_evidence():
+    from scipy.optimize import minimize
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(60, 4))
+    y = (f[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)
+
+    def best(t):  # max over (alpha, beta) of log N(t; 0, F F^T / alpha + I / beta), per sample
+        def nll(log_ab):
+            return -multivariate_normal.logpdf(t, cov=f @ f.T / np.exp(log_ab[0]) + np.eye(60) / np.exp(log_ab[1]))
+
+        return -minimize(nll, [0.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9}).fun / 60
+
+    ref = np.mean([best((y == c).astype(float)) for c in (0, 1)])
+    assert logme(f, y, max_iter=100) == pytest.approx(ref, abs=2e-3)
+    assert logme(f, y) > logme(f, rng.permutation(y))  # informative labels fit better
+    assert logme(f, y * 5 + 2) == logme(f, y)  # class ids do not matter
+
+
 def test_errors_name_dataset_and_probe():
     x, _ = _blobs(50, 1, 8)
     with pytest.raises(ValueError, match="'one'.*fewer than 2 classes"):
@@ -107,8 +144,11 @@ def test_feature_cache_and_task_distance(tiny_prepared, tmp_path):
     back = FeatureSet.load(tmp_path / "tiny.features.npz")
     assert np.array_equal(back.features, f1) and back.probe == fs.probe
     rec = task_distance(back, back, gamma=0.01, pca_dim=8, max_points=40)
-    assert set(rec) == {"probe", "source", "dataset", "emd", "similarity", "otdd", "n_images"}
+    assert set(rec) == {"probe", "source", "dataset", "emd", "similarity", "otdd", "otdd_exact", "logme", "n_images"}
     assert rec["emd"] == 0.0 and rec["otdd"] < 1e-6 and rec["similarity"] == 1.0 and rec["n_images"] == 40
+    assert rec["otdd_exact"] == 0.0 and np.isfinite(rec["logme"])
+    emb = np.array([1.0, 2.0, 0.5])
+    assert task_distance(back, back, 0.01, 8, 40, embeddings=(emb, emb))["task2vec"] == 0.0
 
 
 def test_corrupt_cache_named(tmp_path):

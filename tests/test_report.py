@@ -22,6 +22,7 @@ DATASETS = {"cifar10", "cifar100", "mnist", "svhn", "fashion_mnist"}
 TARGETS = ["mnist", "svhn", "cifar100", "cifar10"]  # cifar10 is the source: a reference, never a target
 SEEDS = [0, 1, 2]
 EMD = {"cifar10": 0.0, "cifar100": 1.0, "svhn": 3.0, "mnist": 5.0}
+TASK2VEC = {"cifar10": 0.0, "cifar100": 0.5, "svhn": 0.2, "mnist": 0.9}  # svhn and cifar100 swapped
 # top1 per (eps, target, mode); seed s adds s (so the gap is seed-independent; std 0) except noted.
 TOP1 = {
     (0.0, "mnist", 0): 64.0, (1.0, "mnist", 0): 88.0,
@@ -92,7 +93,9 @@ def write_tree(root: Path) -> dict:
         for ds, emd in EMD.items():
             _write(root / f"distance/cifar10/resnet50/eps0/s{seed}/{ds}.json", {
                 "probe": f"cifar10/resnet50/eps0/s{seed}", "source": "cifar10", "dataset": ds, "emd": emd,
-                "similarity": float(np.exp(-0.01 * emd)), "otdd": 2 * emd, "n_images": 100})
+                "similarity": float(np.exp(-0.01 * emd)), "otdd": 2 * emd, "n_images": 100,
+                # no otdd_exact: a record written before it existed; LogME falls with EMD (a score)
+                "task2vec": TASK2VEC[ds], "logme": -emd})
     for eps in (0, 0.5, 1):
         path = f"cifar10/resnet18/eps{eps:g}/s0"
         _write(root / f"fisher/{path}/summary.json", {
@@ -221,6 +224,21 @@ def test_correlations(report):
     # gaps by EMD: cifar100 (1) -3, svhn (3) 15, mnist (5) 24: perfectly monotone
     assert r["n"] == 3 and r["spearman"] == pytest.approx(1.0)
     assert np.isfinite(r["pearson"]) and r["spearman_lo"] <= r["spearman"] <= r["spearman_hi"]
+
+
+def test_distance_ranking(report):
+    corr = pd.read_csv(report[0] / "correlations.csv")
+    g = corr[(corr["mode"] == 0) & (corr["eps"] == 1)].set_index("distance")
+    # gaps rise with EMD and OTDD and fall with LogME: sign-aligned rho 1, tied first; Task2Vec orders
+    # the three targets (cifar100, svhn, mnist) as 2, 1, 3: rho 0.5; exact OTDD has no values: last
+    assert g.loc[["emd", "otdd", "logme"], "rank"].tolist() == [1, 1, 1]
+    assert g.loc["logme", "spearman"] == pytest.approx(-1.0) and g.loc["logme", "expect"] == -1
+    assert g.loc["task2vec", "spearman"] == pytest.approx(0.5) and g.loc["task2vec", "rank"] == 4
+    assert g.loc["otdd_exact", "rank"] == 5 and np.isnan(g.loc["otdd_exact", "spearman"])
+    assert g["primary"].sum() == 1 and g.loc["emd", "primary"]
+    assert (report[0] / "distance_grid_cifar10_resnet50_mode0.png").exists()
+    c4 = pd.read_csv(report[0] / "claims.csv").set_index("claim").loc[4, "evidence"]
+    assert "decided on EMD (Cui et al.), the pre-declared primary" in c4 and "ρ(gap, Task2Vec) +0.5" in c4
 
 
 def test_correlation_function():

@@ -68,10 +68,13 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
         "Every source model: natural and PGD accuracy [%] per test eps, weight norm, training time.")
 
     corr = correlation_table(res.transfers, res.distances, groups, int(rep["bootstrap"]))
-    add("Results", _tidy(out, "correlations", corr, "Gap vs distance correlations",
-                         f"95% percentile bootstrap intervals over targets, {rep['bootstrap']} resamples"),
-        f"Spearman and Pearson correlation of the mean gap with the task distance (EMD and OTDD), per source, "
-        f"arch, robust eps and mode, with 95% bootstrap intervals over targets ({rep['bootstrap']} resamples).")
+    add("Results", _tidy(out, "correlations", corr, "Which distance predicts the gap",
+                         f"95% percentile bootstrap intervals over targets, {rep['bootstrap']} resamples; rank 1 = "
+                         "the largest sign-aligned Spearman rho; EMD is the pre-declared primary"),
+        f"Which task distance predicts the gap: per source, arch, robust eps and mode, every distance (EMD, "
+        f"Gaussian and exact OTDD, Task2Vec) and LogME ranked by the Spearman correlation of the mean gap with it "
+        f"(times its expected sign), with its permutation p-value, 95% bootstrap interval over targets "
+        f"({rep['bootstrap']} resamples), the verdict rule, and Pearson's r.")
 
     ladders = ladder_table(res)
     if not ladders.empty:
@@ -104,6 +107,10 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
                 f"Gap vs EMD task distance, {source} ({arch}), mode {mode} (Figures 3, 7, 8); points are targets, "
                 "error bars the std over seeds; the legend gives Spearman/Pearson with 95% bootstrap CIs."
                 + (" Also saved as gap_vs_distance.png." if len(stems) > 1 else ""))
+            add("Figures", F.distance_grid(res, source, arch, int(mode), n_boot, out),
+                f"Gap vs each task measure, {source} ({arch}), mode {mode}: one panel per distance (EMD, the "
+                "primary; Gaussian and exact OTDD; Task2Vec) and LogME; legends give Spearman ρ with its 95% "
+                "bootstrap CI and permutation p per robust eps.")
         add("Figures", F.mode_comparison(res, source, arch, out),
             f"Gap per target for each fine-tuning mode, {source} ({arch}) (Figure 14).")
         add("Figures", F.learning_curves(res, source, arch, out),

@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .load import KEY_COLS, Results  # noqa: E402
-from .stats import correlation, gap_distance_points, gap_frame, mean_std, standard_distance  # noqa: E402
+from .stats import (DISTANCES, PRIMARY_DISTANCE, correlation, gap_distance_points, gap_frame, mean_std,  # noqa: E402
+                    standard_distance)
 
 log = logging.getLogger("atlib.report")
 
@@ -83,6 +84,35 @@ def gap_vs_distance(res: Results, source: str, arch: str, mode: int, n_boot: int
         fig.savefig(out / f"{stem}.pdf")
     plt.close(fig)
     return paths
+
+
+def distance_grid(res: Results, source: str, arch: str, mode: int, n_boot: int, out: Path) -> list[Path]:
+    """Which distance predicts the gap: one panel per measure of DISTANCES, the mean gap of each
+    target against it (one colour per robust eps), Spearman's rho with its bootstrap CI and
+    permutation p in the legend."""
+    measures = [c for c in DISTANCES if c in res.distances and res.distances[c].notna().any()]
+    panels = []
+    for column in measures:
+        pts = gap_distance_points(res.transfers, res.distances, source, arch, column)
+        panels.append((column, pts[(pts["mode"] == mode)].dropna(subset=["mean", "distance"])))
+    if not any(len(p) for _, p in panels):
+        return []
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False, sharey=True)
+    for ax, (column, pts) in zip(axes[0], panels):
+        for i, (eps, p) in enumerate(pts.groupby("eps")):
+            c = correlation(p["distance"], p["mean"], n_boot)
+            ax.errorbar(p["distance"], p["mean"], yerr=p["std"].fillna(0), fmt="o", ms=3, capsize=2, color=f"C{i}",
+                        label=f"eps {eps:g}: {_ci_text(c, 'spearman', 'ρ')}")
+        expect, name = DISTANCES[column]
+        ax.set_title(f"{name}{' (primary)' if column == PRIMARY_DISTANCE else ''}\nexpected sign "
+                     f"{'+' if expect > 0 else '−'}", fontsize=9)
+        ax.set_xlabel(column)
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.legend(fontsize=6, loc="best")
+    axes[0, 0].set_ylabel("gap robust - standard [points]")
+    fig.suptitle(f"{source} ({arch}), mode {mode}: gap vs each task measure (targets; the source excluded)",
+                 fontsize=10)
+    return save(fig, out, f"distance_grid_{source}_{arch}_mode{mode}")
 
 
 def mode_comparison(res: Results, source: str, arch: str, out: Path) -> list[Path]:

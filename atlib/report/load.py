@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import ModelKey, probe_of, eps_str, experiment_objective, iter_models
+from .stats import DISTANCES
 
 log = logging.getLogger("atlib.report")
 
@@ -227,10 +228,11 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
     for probe, ds in jobs.distances:
         d = rd.json(f"distance/{probe.path}/{ds}.json", "task distance")
         row = {**{f"probe_{k}": v for k, v in jobs.cols(probe).items()}, "dataset": ds}
-        row.update({k: (d or {}).get(k, np.nan) for k in ("emd", "similarity", "otdd", "n_images")})
+        # Records written before a distance existed lack its key: NaN, never 0.
+        row.update({k: (d or {}).get(k, np.nan) for k in ("similarity", *DISTANCES, "n_images")})
         dist_rows.append(row)
     distances = _frame(dist_rows, ["probe_source", "probe_arch", "probe_eps", "probe_seed", "probe_objective",
-                                   "dataset", "emd", "similarity", "otdd"])
+                                   "dataset", "similarity", *DISTANCES])
     dist_index = {(r["probe_source"], r["probe_arch"], r["probe_eps"], r["probe_seed"], r["dataset"]): r
                   for r in dist_rows}
 

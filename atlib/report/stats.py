@@ -163,6 +163,19 @@ def combine(verdicts: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- gaps and distances
 
+# Every task measure of a distance record: (expected sign of its correlation with the gap, name).
+# The expected sign is declared here, before any result: a distance grows with the gap (+1); LogME
+# is a transferability score (high = the probe's features already fit the target), so it falls (-1).
+DISTANCES: dict[str, tuple[int, str]] = {
+    "emd": (+1, "EMD (Cui et al.)"),
+    "otdd": (+1, "OTDD, Gaussian (Bures)"),
+    "otdd_exact": (+1, "OTDD, exact"),
+    "task2vec": (+1, "Task2Vec"),
+    "logme": (-1, "LogME (a score)"),
+}
+# The pre-declared primary distance of claim 4: the paper's choice, never picked after the results.
+PRIMARY_DISTANCE = "emd"
+
 
 def gap_frame(transfers: pd.DataFrame) -> pd.DataFrame:
     """Per-seed gaps: top1(robust, eps) - top1(standard), paired by (source, arch, target, mode, seed).
@@ -209,15 +222,26 @@ def gap_distance_points(transfers: pd.DataFrame, distances: pd.DataFrame, source
 
 def correlation_table(transfers: pd.DataFrame, distances: pd.DataFrame, groups: list[tuple[str, str]],
                       n_boot: int) -> pd.DataFrame:
-    """Gap-versus-distance correlations per (source, arch, robust eps, mode, distance measure),
-    over the targets (the source excluded)."""
+    """Which distance predicts the gap: per (source, arch, robust eps, mode), every measure of
+    DISTANCES with the gap's Spearman (bootstrap CI, permutation p) and Pearson correlations over the
+    targets (the source excluded), the verdict of its expected sign, and its rank by the sign-aligned
+    rho (expect * rho; 1 = best predictor, measures without a correlation last)."""
     rows = []
     for source, arch in groups:
-        for column in ("emd", "otdd"):
+        for column, (expect, name) in DISTANCES.items():
+            if column not in distances:
+                continue
             pts = gap_distance_points(transfers, distances, source, arch, column)
             for (eps, mode), p in pts.groupby(["eps", "mode"], sort=True):
+                c = correlation(p["distance"], p["mean"], n_boot)
                 rows.append({"source": source, "arch": arch, "eps": eps, "mode": int(mode), "distance": column,
-                             **correlation(p["distance"], p["mean"], n_boot)})
-    cols = ["source", "arch", "eps", "mode", "distance", "n", "spearman", "spearman_lo", "spearman_hi",
-            "spearman_p", "pearson", "pearson_lo", "pearson_hi", "pearson_p"]
-    return pd.DataFrame(rows, columns=cols)
+                             "name": name, "primary": column == PRIMARY_DISTANCE, "expect": expect, **c,
+                             "verdict": verdict(c["spearman_lo"], c["spearman_hi"], c["n"], expect, c["spearman_p"])})
+    cols = ["source", "arch", "eps", "mode", "rank", "distance", "name", "primary", "expect", "n", "spearman",
+            "spearman_lo", "spearman_hi", "spearman_p", "verdict", "pearson", "pearson_lo", "pearson_hi", "pearson_p"]
+    df = pd.DataFrame(rows, columns=[c for c in cols if c != "rank"])
+    keys = ["source", "arch", "eps", "mode"]
+    aligned = df["expect"] * df["spearman"]
+    df["rank"] = aligned.groupby([df[k] for k in keys]).rank(ascending=False, method="min", na_option="bottom")
+    df["rank"] = df["rank"].astype("Int64")
+    return df.sort_values(keys + ["rank", "distance"])[cols].reset_index(drop=True)

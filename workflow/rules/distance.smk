@@ -1,4 +1,5 @@
-# Task distance (Cui et al. EMD, domain similarity, OTDD-style) in a probe model's feature space.
+# Task distances (Cui et al. EMD, domain similarity, Gaussian and exact OTDD, Task2Vec) and LogME of a
+# probe model.
 # features: one cache per (probe, dataset); task_distance: the probe's source cache + a dataset's.
 # With `batch_jobs: true` one job per probe does both for the source and every target (rule
 # distances_<probe>, below). All run workflow/scripts/distance.py on lists of feature and distance jobs.
@@ -15,6 +16,7 @@ def feature_job(probe: ModelKey, dataset: str) -> dict:
 def distance_job(probe: ModelKey, dataset: str) -> dict:
     feats = f"{RESULTS}/distance/{probe.path}/{{}}.features.npz"
     return dict(source=feats.format(probe.source), target=feats.format(dataset),
+                source_data=f"{dataset_dir(probe.source)}/meta.json", target_data=f"{dataset_dir(dataset)}/meta.json",
                 out=f"{RESULTS}/distance/{probe.path}/{dataset}.json", seed=job_seed("otdd", probe.path))
 
 
@@ -29,7 +31,8 @@ def batched_distances():
 
 DISTANCE_PARAMS = dict(max_images=config["distance"]["max_images"], batch_size=config["distance"]["batch_size"],
                        gamma=config["distance"]["gamma"], pca_dim=config["distance"]["pca_dim"],
-                       otdd_points=config["distance"]["otdd_points"], device=config["device"])
+                       otdd_points=config["distance"]["otdd_points"],
+                       task2vec_images=config["distance"]["task2vec_images"], device=config["device"])
 
 
 rule features:
@@ -58,6 +61,10 @@ rule task_distance:
     input:
         source=f"{DISTANCE_OUT}/{{source}}.features.npz",
         target=f"{DISTANCE_OUT}/{{dataset}}.features.npz",
+        # Task2Vec: the probe's Fisher on images of both datasets
+        model=f"{RESULTS}/models/{MODEL_PATH}/model.pt",
+        source_data=f"{RESULTS}/data/{{source}}/meta.json",
+        target_data=f"{RESULTS}/data/{{dataset}}/meta.json",
     output:
         json=f"{DISTANCE_OUT}/{{dataset}}.json",
     params:

@@ -1,7 +1,8 @@
 """Rules features, task_distance and distances_*: a probe's feature caches, then task distances.
 
 params.features: datasets whose features to extract (rule features, or all of a probe's);
-params.distances: (source cache, target cache) pairs to compare (rule task_distance, or all).
+params.distances: (source cache, target cache) pairs to compare (rule task_distance, or all);
+each pair also names both datasets' data, whose images give the Task2Vec Fisher of the probe.
 """
 
 import logging
@@ -12,6 +13,7 @@ from atlib.data import Prepared
 from atlib.distance import FeatureSet, dataset_features, task_distance, write_json
 from atlib.logs import job_logging
 from atlib.runtime import pick_device, set_threads
+from atlib.task2vec import task_embedding
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 p = sm.params
@@ -27,22 +29,34 @@ def extract(model, meta, job: dict) -> None:
                  len(fs.classes), feats.shape[1])
 
 
-def distance(job: dict) -> None:
+def embed(model, meta, cache: str, data: str, seed: int, memo: dict):
+    """The Task2Vec embedding of one feature cache's dataset, once per job (the source is shared)."""
+    if cache not in memo:
+        fs = FeatureSet.load(cache)
+        memo[cache] = task_embedding(model, meta, fs.features, fs.labels, Path(data).parent, p.task2vec_images,
+                                     seed, f"Task2Vec of {fs.dataset} under probe {p.probe}", pick_device(p.device))
+    return memo[cache]
+
+
+def distance(model, meta, job: dict, memo: dict) -> None:
+    emb = (embed(model, meta, job["source"], job["source_data"], job["seed"], memo),
+           embed(model, meta, job["target"], job["target_data"], job["seed"], memo))
     record = task_distance(FeatureSet.load(job["source"]), FeatureSet.load(job["target"]), gamma=p.gamma,
-                           pca_dim=p.pca_dim, max_points=p.otdd_points, seed=job["seed"])
+                           pca_dim=p.pca_dim, max_points=p.otdd_points, seed=job["seed"], embeddings=emb)
     write_json(record, job["out"])
-    logging.info("%s -> %s under %s: EMD %.4f, similarity %.4f, OTDD %.4f", record["source"],
-                 record["dataset"], record["probe"], record["emd"], record["similarity"], record["otdd"])
+    logging.info("%s -> %s under %s: EMD %.4f, similarity %.4f, OTDD %.4f, exact OTDD %.4f, Task2Vec %.4f, "
+                 "LogME %.4f", record["source"], record["dataset"], record["probe"], record["emd"],
+                 record["similarity"], record["otdd"], record["otdd_exact"], record["task2vec"], record["logme"])
 
 
 with job_logging(sm.log[0]):
     set_threads(sm.threads)
     try:
-        if p.features:
-            model, meta = load_model(sm.input.model)
-            for job in p.features:
-                extract(model, meta, job)
+        model, meta = load_model(sm.input.model)
+        for job in p.features:
+            extract(model, meta, job)
+        memo = {}
         for job in p.distances:
-            distance(job)
+            distance(model, meta, job, memo)
     except (CheckpointError, ValueError, FileNotFoundError) as err:
         raise SystemExit(str(err)) from None
