@@ -7,6 +7,7 @@ params.distances: (source cache, target cache) pairs to compare (rule task_dista
 import logging
 from pathlib import Path
 
+from atlib import provenance
 from atlib.checkpoint import CheckpointError, load_model
 from atlib.data import Prepared
 from atlib.distance import FeatureSet, dataset_features, task_distance, write_json
@@ -23,6 +24,7 @@ def extract(model, meta, job: dict) -> None:
                                      pick_device(p.device), name=p.probe)
     fs = FeatureSet(feats, labels, p.probe, job["dataset"], data.num_classes)
     fs.save(job["out"])
+    provenance.record([sm.input.model, job["data"]], [job["out"]], sm.config)
     logging.info("%s on %s: %d images, %d classes, feature dim %d", p.probe, data.name, len(labels),
                  len(fs.classes), feats.shape[1])
 
@@ -31,6 +33,7 @@ def distance(job: dict) -> None:
     record = task_distance(FeatureSet.load(job["source"]), FeatureSet.load(job["target"]), gamma=p.gamma,
                            pca_dim=p.pca_dim, max_points=p.otdd_points, seed=job["seed"])
     write_json(record, job["out"])
+    provenance.record([job["source"], job["target"]], [job["out"]], sm.config)
     logging.info("%s -> %s under %s: EMD %.4f, similarity %.4f, OTDD %.4f", record["source"],
                  record["dataset"], record["probe"], record["emd"], record["similarity"], record["otdd"])
 
