@@ -17,6 +17,8 @@ from typing import Any, Callable
 import pytest
 import yaml
 
+from atlib.verify import check_tree, format_report
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -149,6 +151,13 @@ def test_tiny_mlflow_view(tiny_run):
     assert "claims.md" in {a.path for a in client.list_artifacts(by_key["report"].info.run_id)}
 
 
+def test_tiny_run_has_a_provenance_record_for_every_result(tiny_run):
+    report = check_tree(tiny_run / "results")
+    assert report.clean and not report.not_judged, format_report(report)
+    # 3 models, 8 transfers, 3 fisher, 2 representation, 6 inversions, 3 feature caches, 3 distances, the report
+    assert len(report.ok) == 3 + 8 + 3 + 2 + 6 + 3 + 3 + 1
+
+
 def test_tiny_rerun_plans_nothing(tiny_run):
     r = snakemake("-n", "-d", str(tiny_run), "--configfile", str(ROOT / "tests/configs/tiny.yaml"),
                   "--config", "results=results")
@@ -185,6 +194,8 @@ def test_batch_jobs_give_the_same_results_in_fewer_jobs(tiny_run, tmp_path):
         for key in ("top1", "pgd", "emd", "otdd"):
             assert a.get(key) == b.get(key), (rel, key)
         assert (work / res / rel).stat().st_mtime > (tiny_run / res / rel).stat().st_mtime  # really rerun
+    report = check_tree(work / res)  # the batched jobs recorded each target's provenance
+    assert report.clean and not report.not_judged, format_report(report)
 
 
 # The only fields two runs of one config may differ in (seconds of wall-clock time).
