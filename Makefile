@@ -1,4 +1,4 @@
-# make demo | make test | make bench | make ui | make profile-link | make clean
+# make demo | make test | make verify | make bench | make ui | make profile-link | make clean
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config/demo.yaml
 RESULTS ?= results
 
-.PHONY: demo test bench ui profile-link dry-run clean venv data-demo
+.PHONY: demo test verify bench ui profile-link dry-run clean venv data-demo
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ demo: $(STAMP) data-demo
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# Every result whose recorded inputs (provenance.json) no longer match the files on disk.
+verify: $(STAMP)
+	$(BIN)/python -m atlib.verify $(RESULTS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -25,6 +25,8 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 validate(config, "workflow/schemas/config.schema.yaml")
+# Read by atlib.data.Prepared in every job, wherever the job opens a dataset.
+os.environ["ATLIB_VERIFY_DATA"] = "1" if config["verify_data"] else "0"
 
 
 include: "workflow/rules/common.smk"

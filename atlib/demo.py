@@ -2,12 +2,17 @@
 
 With `--measure FILE` it also records wall time and the peak memory of the whole process
 tree (all concurrent jobs together) as JSON, for `make bench`.
+
+A demo killed mid-run (SIGKILL, power loss, the OOM killer) leaves Snakemake's lock behind:
+the next run unlocks it when no Snakemake process of this directory is alive, and reruns the
+jobs the kill interrupted (profiles/local sets rerun-incomplete).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -54,10 +59,49 @@ def run_measured(cmd: list[str]) -> tuple[int, float, float]:
     return code, time.perf_counter() - start, peak / 2**20
 
 
-def snakemake_cmd(configs: list[str], results: str, *extra: str) -> list[str]:
-    """Snakemake merges several config files in order (nested keys of later files win)."""
-    return [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--configfile", *configs,
-            "--config", f"results={results}", *extra]
+def snakemake_cmd(configs: list[str], results: str, *extra: str, workdir: Path = ROOT,
+                  targets: tuple[str, ...] = ()) -> list[str]:
+    """Snakemake merges several config files in order (nested keys of later files win).
+
+    Targets come first: --configfile and --config take several values and would swallow them.
+    """
+    where = [] if Path(workdir).resolve() == ROOT else ["--directory", str(workdir)]
+    return [sys.executable, "-m", "snakemake", *targets, "--profile", "profiles/local", *where,
+            "--configfile", *configs, "--config", f"results={results}", *extra]
+
+
+def live_snakemake(workdir: Path) -> list[int]:
+    """Pids of the processes of a Snakemake run in `workdir`: Snakemake itself or one of its jobs."""
+    target, me = Path(workdir).resolve(), os.getpid()
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        cmd, cwd = proc.info["cmdline"] or [], proc.info["cwd"]
+        if proc.info["pid"] != me and cwd and Path(cwd) == target and any("snakemake" in a for a in cmd):
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def clear_stale_lock(configs: list[str], results: str, workdir: Path = ROOT) -> bool:
+    """Unlock `workdir` if a killed run left its lock behind; True if it did.
+
+    A lock held by a live run is left alone (Snakemake then says that the directory is locked).
+    """
+    if not any((Path(workdir) / ".snakemake" / "locks").glob("*.lock")) or live_snakemake(workdir):
+        return False
+    print(f"demo: the last run in {workdir} was killed (its Snakemake lock is stale: no Snakemake process "
+          "is alive there); unlocking and rerunning the jobs it interrupted", flush=True)
+    r = subprocess.run(snakemake_cmd(configs, results, "--unlock", workdir=workdir), cwd=ROOT,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"demo: `snakemake --unlock` failed in {workdir}:\n{(r.stdout + r.stderr)[-2000:]}")
+    return True
+
+
+def run_workflow(configs: list[str], results: str, workdir: Path = ROOT,
+                 targets: tuple[str, ...] = ()) -> tuple[int, float, float]:
+    """The DAG (all, or `targets`) after a stale lock is cleared: (exit code, wall seconds, peak RSS in MB)."""
+    clear_stale_lock(configs, results, workdir)
+    return run_measured(snakemake_cmd(configs, results, workdir=workdir, targets=targets))
 
 
 def main() -> None:
@@ -67,7 +111,7 @@ def main() -> None:
     ap.add_argument("--results", default="results")
     ap.add_argument("--measure", type=Path, help="write wall_s and peak_rss_mb here")
     args = ap.parse_args()
-    code, wall, rss = run_measured(snakemake_cmd(args.config, args.results))
+    code, wall, rss = run_workflow(args.config, args.results)
     if code != 0:
         raise SystemExit(f"demo: snakemake failed (exit {code}); see the log named above")
     report = Path(args.results) / "report" / "report.html"

@@ -583,6 +583,7 @@ def _relink(client, run, name: str, parent: str | None) -> bool:
 def _ingest(results: Path, uri: str, experiment: str, config: dict | None, git_commit: str | None) -> dict[str, Any]:
     from mlflow import MlflowClient
 
+    from . import provenance
     from .config import config_hash
 
     t0 = time.time()
@@ -602,8 +603,9 @@ def _ingest(results: Path, uri: str, experiment: str, config: dict | None, git_c
     run_ids: dict[str, str] = {}
     for job in jobs:
         params = job_params(job, config, index)
-        digest = content_hash(job, params)
-        tags = {**common, **job_tags(job, params), "content_hash": digest}
+        prov = provenance.tags(provenance.job_record(job))  # input sha256s, config hash, code version
+        digest = content_hash(job, {**params, **prov})
+        tags = {**common, **job_tags(job, params), **prov, "content_hash": digest}
         name = run_name(job.kind.rule, job.wildcards, qualify, tags.get("origin") == "imported")
         parent = run_ids.get(parent_key(job.kind.rule, job.wildcards) or "")
         old = existing.pop(job.key, [])

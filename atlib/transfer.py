@@ -36,7 +36,7 @@ from . import resume
 from .attacks import _ModeGuard, evaluate, natural_correct
 from .augment import augment_batch, is_random
 from .checkpoint import CheckpointError, load_model, save_model
-from .data import Prepared, adapt
+from .data import DataIntegrityError, Prepared, adapt
 from .data.store import sha256
 from .models import ResNet
 from .optim import make_optimizer, make_scheduler
@@ -293,7 +293,7 @@ def _load_inputs(model_path: str | Path, target_dir: str | Path, key: str, arch:
         raise TransferError(f"{where}: unknown mode {mode!r}; modes are {MODES}")
     try:
         prep = Prepared(target_dir)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, DataIntegrityError) as err:
         raise TransferError(f"{where}: {err}") from None
     try:
         model, meta = load_model(model_path, expect_arch=arch)

@@ -1,14 +1,23 @@
-"""Workflow tests: dry runs of both configs, bad configs refused before any job runs."""
+"""Workflow tests: dry runs of both configs, bad configs refused before any job runs, a tiny
+end-to-end run, and the same run killed twice and resumed by the demo's runner."""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import yaml
+
+from atlib.verify import check_tree, format_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,6 +151,13 @@ def test_tiny_mlflow_view(tiny_run):
     assert "claims.md" in {a.path for a in client.list_artifacts(by_key["report"].info.run_id)}
 
 
+def test_tiny_run_has_a_provenance_record_for_every_result(tiny_run):
+    report = check_tree(tiny_run / "results")
+    assert report.clean and not report.not_judged, format_report(report)
+    # 3 models, 8 transfers, 3 fisher, 2 representation, 6 inversions, 3 feature caches, 3 distances, the report
+    assert len(report.ok) == 3 + 8 + 3 + 2 + 6 + 3 + 3 + 1
+
+
 def test_tiny_rerun_plans_nothing(tiny_run):
     r = snakemake("-n", "-d", str(tiny_run), "--configfile", str(ROOT / "tests/configs/tiny.yaml"),
                   "--config", "results=results")
@@ -178,3 +194,94 @@ def test_batch_jobs_give_the_same_results_in_fewer_jobs(tiny_run, tmp_path):
         for key in ("top1", "pgd", "emd", "otdd"):
             assert a.get(key) == b.get(key), (rel, key)
         assert (work / res / rel).stat().st_mtime > (tiny_run / res / rel).stat().st_mtime  # really rerun
+    report = check_tree(work / res)  # the batched jobs recorded each target's provenance
+    assert report.clean and not report.not_judged, format_report(report)
+
+
+# The only fields two runs of one config may differ in (seconds of wall-clock time).
+WALL_CLOCK = {"train_time_s", "time_s", "seconds"}
+# The killed run builds the paper's main chain (prepare -> train -> transfer) of the eps 0.5 model:
+# a third of the tiny DAG's jobs, killed once in training and once in transfer.
+KILLED_TARGETS = [f"results/transfer/src/resnet8/eps0.5/s0/{t}/mode{m}/metrics.json" for t in ("near", "far")
+                  for m in (0, 2)]
+# atlib.demo's runner in a child process (its own process group, so the test can kill it all).
+DEMO_RUNNER = ("import sys; from pathlib import Path; from atlib.demo import run_workflow; "
+               "sys.exit(run_workflow(sys.argv[1:2], 'results', Path(sys.argv[2]), tuple(sys.argv[3:]))[0])")
+
+
+def _strip_clock(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_clock(v) for k, v in value.items() if k not in WALL_CLOCK}
+    if isinstance(value, list):
+        return [_strip_clock(v) for v in value]
+    return value
+
+
+def _content(path: Path) -> Any:
+    """A result file's content, wall-clock fields aside."""
+    if path.suffix == ".json":
+        data = _strip_clock(json.loads(path.read_text()))
+        if path.name.endswith("provenance.json"):  # hashes of json/csv outputs cover their wall-clock fields
+            data["outputs"] = {k: v for k, v in data["outputs"].items() if not k.endswith((".json", ".csv"))}
+        return data
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in csv.DictReader(f)]
+    return path.read_bytes()
+
+
+def _result_files(results: Path) -> dict[str, Path]:
+    """Every job's files (logs, MLflow and the report aside)."""
+    return {p.relative_to(results).as_posix(): p for top in ("data", "models", "transfer")
+            for p in (results / top).rglob("*") if p.is_file()}
+
+
+def _run_demo(work: Path, log: Path, kill_when: Callable[[], bool] | None, limit: float = 400) -> int | None:
+    """Run the demo's runner on the tiny config in `work`; SIGKILL its whole process group once
+    `kill_when()` holds (None: let it finish). Returns the exit code, or None if killed."""
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", DEMO_RUNNER, str(ROOT / "tests/configs/tiny.yaml"), str(work),
+                                 *KILLED_TARGETS], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.time() + limit
+        while proc.poll() is None and time.time() < deadline:
+            if kill_when is not None and kill_when():
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return None
+            time.sleep(0.05)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"demo runner still running after {limit} s: {log.read_text()[-3000:]}")
+    assert kill_when is None, f"the run ended (exit {proc.returncode}) before the kill point: {log.read_text()[-3000:]}"
+    return proc.returncode
+
+
+def _started(work: Path, rule: str) -> Callable[[], bool]:
+    """True once a job of `rule` has started (its log file exists)."""
+    return lambda: any((work / "results" / "logs" / rule).rglob("*.log"))
+
+
+@pytest.mark.slow
+def test_killed_twice_then_rerun_equals_an_uninterrupted_run(tiny_run, tmp_path):
+    """SIGKILL the whole demo runner mid-training, then mid-transfer; the third run unlocks by itself
+    and ends with the same files as the uninterrupted run (tiny_run) for the jobs it ran."""
+    from atlib.demo import live_snakemake
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for i, rule in enumerate(("train_source", "transfer")):
+        assert _run_demo(work, tmp_path / f"run{i}.log", _started(work, rule)) is None
+        deadline = time.time() + 10  # the kill reached every job of the group
+        while live_snakemake(work) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not live_snakemake(work)
+        assert any((work / ".snakemake" / "locks").glob("*.lock")), "a killed run leaves its lock"
+    assert _run_demo(work, tmp_path / "final.log", None) == 0, (tmp_path / "final.log").read_text()[-5000:]
+    for log in ("run1.log", "final.log"):  # each run after a kill said it unlocked
+        assert "lock is stale" in (tmp_path / log).read_text()
+    ref, got = _result_files(tiny_run / "results"), _result_files(work / "results")
+    assert len(got) == 5 * 3 + 4 + 4 * 3  # 5 datasets, 1 model, 4 transfers; each job's provenance.json
+    assert set(got) <= set(ref), sorted(set(got) - set(ref))
+    differ = [name for name in got if _content(ref[name]) != _content(got[name])]
+    assert not differ, f"differ from the uninterrupted run: {differ}"

@@ -7,7 +7,7 @@ from typing import Any
 
 from . import offline  # noqa: F401  (registers the offline datasets)
 from .registry import REGISTRY, AcquireContext, Arrays, DatasetMissing, DatasetSpec, Index, get_spec
-from .store import Prepared, TensorPairs, adapt, iterate, write_prepared
+from .store import DataIntegrityError, Prepared, TensorPairs, adapt, iterate, write_prepared
 
 try:  # the paper's datasets (CIFAR, SVHN, fine-grained, ImageNet, ...)
     from . import paper  # noqa: F401
@@ -16,7 +16,7 @@ except ImportError as err:  # pragma: no cover - only while the module is absent
         raise
 
 __all__ = [
-    "REGISTRY", "AcquireContext", "Arrays", "DatasetMissing", "DatasetSpec", "Index", "Prepared",
+    "REGISTRY", "AcquireContext", "Arrays", "DataIntegrityError", "DatasetMissing", "DatasetSpec", "Index", "Prepared",
     "TensorPairs", "adapt", "iterate", "get_spec", "prepare", "write_prepared",
 ]
 

@@ -3,7 +3,8 @@
 Array datasets: `images.npy` (uint8, N x H x W x C, train rows first, then test) and
 `labels.npy` (int64). File-backed datasets: `index.csv` (path, label, split), images
 decoded on access. Both have `meta.json`: name, classes, image size, channels, split
-sizes, per-split class counts and the sha256 of every data file.
+sizes, per-split class counts and the sha256 of every data file. `Prepared` checks the
+files against those hashes (and the row counts against the split sizes) before any use.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -23,14 +25,50 @@ from torch.utils.data import Dataset
 from .registry import Arrays, Raw
 
 SPLITS = ("train", "test")
+# Set by the Snakefile from the config key `verify_data`; "0" skips the hash check on read.
+VERIFY_ENV = "ATLIB_VERIFY_DATA"
+# sha256 per (path, size, mtime, inode): a job that reads one file several times hashes it once.
+_HASHES: dict[tuple, str] = {}
+# A file hashed this soon after its last change is not memoized: a write within the same
+# timestamp tick would keep its old key (git's "racily clean" rule).
+_SETTLED_S = 2.0
 
 
-def sha256(path: Path) -> str:
+class DataIntegrityError(ValueError):
+    """A prepared data file no longer matches its meta.json (changed, corrupted or truncated)."""
+
+
+def sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, memoized per process while the file is unchanged."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    if key in _HASHES:
+        return _HASHES[key]
+    started = time.time()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if started - st.st_mtime > _SETTLED_S:
+        _HASHES[key] = digest
+    return digest
+
+
+def rebuild_hint(root: Path) -> str:
+    """The command that prepares dataset `root` again (target first: --forcerun takes several values)."""
+    return f"snakemake {Path(root) / 'meta.json'} --forcerun prepare_dataset"
+
+
+def hash_mismatches(root: Path, meta: dict) -> list[tuple[Path, str, str]]:
+    """(file, sha256 in meta.json, sha256 now) for every data file of `root` that changed."""
+    out = []
+    for name, expected in sorted(meta.get("sha256", {}).items()):
+        path = Path(root) / name
+        actual = sha256(path) if path.exists() else "missing"
+        if actual != expected:
+            out.append((path, expected, actual))
+    return out
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -109,9 +147,19 @@ def adapt(x: torch.Tensor, image_size: int | None, channels: int | None) -> torc
 
 
 class Prepared:
-    """A prepared dataset directory (the output of the `prepare_dataset` rule)."""
+    """A prepared dataset directory (the output of the `prepare_dataset` rule).
 
-    def __init__(self, root: str | Path) -> None:
+    Args:
+        root: the directory (results/data/{dataset}).
+        verify: check the data files against the sha256 in meta.json before use; None = on
+            unless the environment variable ATLIB_VERIFY_DATA is "0" (config `verify_data`).
+            Row counts are checked either way.
+    Raises:
+        FileNotFoundError: no meta.json.
+        DataIntegrityError: a file changed, corrupted or truncated since it was prepared.
+    """
+
+    def __init__(self, root: str | Path, verify: bool | None = None) -> None:
         self.root = Path(root)
         meta_path = self.root / "meta.json"
         if not meta_path.exists():
@@ -121,6 +169,39 @@ class Prepared:
         self.num_classes: int = self.meta["num_classes"]
         self.image_size: int = self.meta["image_size"]
         self.channels: int = self.meta["channels"]
+        self.check(os.environ.get(VERIFY_ENV, "1") != "0" if verify is None else verify)
+
+    def check(self, hashes: bool = True) -> None:
+        """Refuse data files that no longer match meta.json (sha256 unless `hashes` is False, row counts)."""
+        meta_path = self.root / "meta.json"
+        fix = f"Rebuild the dataset: {rebuild_hint(self.root)} (with the --configfile of your run)."
+        bad = hash_mismatches(self.root, self.meta) if hashes else []
+        if bad:
+            files = "; ".join(f"{p} has sha256 {actual} but {meta_path} records {expected}" for p, expected, actual in bad)
+            raise DataIntegrityError(f"{files}. The data changed after prepare_dataset wrote it. {fix}")
+        expected = {s: self.split_size(s) for s in SPLITS}
+        file, found = self._rows()
+        if found != expected:
+            held = f"rows per split {found}" if isinstance(found, dict) else found
+            raise DataIntegrityError(f"{file}: {held}, but {meta_path} records rows per split {expected}; "
+                                     f"the file is truncated or changed. {fix}")
+
+    def _rows(self) -> tuple[Path, dict[str, int] | str]:
+        """Rows per split as stored, or what is wrong (cheap: array headers, or one pass over index.csv)."""
+        if self.meta["format"] == "arrays":
+            files = [self.root / "images.npy", self.root / "labels.npy"]
+            try:
+                n_images, n_labels = (len(np.load(f, mmap_mode="r")) for f in files)
+            except (OSError, ValueError) as err:
+                return files[0], f"unreadable ({err})"
+            if n_images != n_labels:
+                return files[1], f"{n_labels} labels for {n_images} images"
+            n_train = self.split_size("train")
+            return files[0], {"train": n_train, "test": n_images - n_train}
+        index = self.root / "index.csv"
+        with open(index, newline="") as f:
+            splits = [r.get("split") for r in csv.DictReader(f)]
+        return index, {s: splits.count(s) for s in SPLITS}
 
     def split_size(self, split: str) -> int:
         return int(self.meta["splits"][split])

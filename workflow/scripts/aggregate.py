@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from atlib import provenance
 from atlib.logs import job_logging
 from atlib.report import aggregate
 
@@ -11,3 +12,4 @@ with job_logging(sm.log[0]):
         aggregate(sm.config, Path(sm.output.summary).parent, results_dir=sm.params.results)
     except ValueError as err:  # a corrupt result file, named in the message
         raise SystemExit(str(err)) from None
+    provenance.record(sm.input, sm.output, sm.config)  # every number of the report -> the result files' bytes

@@ -8,6 +8,7 @@ each pair also names both datasets' data, whose images give the Task2Vec Fisher 
 import logging
 from pathlib import Path
 
+from atlib import provenance
 from atlib.checkpoint import CheckpointError, load_model
 from atlib.data import Prepared
 from atlib.distance import FeatureSet, dataset_features, task_distance, write_json
@@ -25,6 +26,7 @@ def extract(model, meta, job: dict) -> None:
                                      pick_device(p.device), name=p.probe)
     fs = FeatureSet(feats, labels, p.probe, job["dataset"], data.num_classes)
     fs.save(job["out"])
+    provenance.record([sm.input.model, job["data"]], [job["out"]], sm.config)
     logging.info("%s on %s: %d images, %d classes, feature dim %d", p.probe, data.name, len(labels),
                  len(fs.classes), feats.shape[1])
 
@@ -44,6 +46,9 @@ def distance(model, meta, job: dict, memo: dict) -> None:
     record = task_distance(FeatureSet.load(job["source"]), FeatureSet.load(job["target"]), gamma=p.gamma,
                            pca_dim=p.pca_dim, max_points=p.otdd_points, seed=job["seed"], embeddings=emb)
     write_json(record, job["out"])
+    # Task2Vec also read the probe and both datasets' images.
+    provenance.record([job["source"], job["target"], sm.input.model, job["source_data"], job["target_data"]],
+                      [job["out"]], sm.config)
     logging.info("%s -> %s under %s: EMD %.4f, similarity %.4f, OTDD %.4f, exact OTDD %.4f, Task2Vec %.4f, "
                  "LogME %.4f", record["source"], record["dataset"], record["probe"], record["emd"],
                  record["similarity"], record["otdd"], record["otdd_exact"], record["task2vec"], record["logme"])

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from atlib import provenance
 from atlib.checkpoint import CheckpointError
 from atlib.fisher import fisher_report
 from atlib.logs import job_logging
@@ -15,3 +16,4 @@ with job_logging(sm.log[0]):
                       Path(sm.output.summary).parent, eps=float(sm.wildcards.eps), device=sm.params.device)
     except (ValueError, CheckpointError, FileNotFoundError) as err:
         raise SystemExit(f"fisher of {sm.input.model}: {err}") from None
+    provenance.record(sm.input, sm.output, sm.config)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from atlib import provenance
 from atlib.checkpoint import CheckpointError
 from atlib.invert import invert_report
 from atlib.logs import job_logging
@@ -17,3 +18,4 @@ with job_logging(sm.log[0]):
                       device=sm.params.device)
     except (ValueError, CheckpointError, FileNotFoundError) as err:
         raise SystemExit(f"{sm.wildcards.method} inversion of {sm.input.model}: {err}") from None
+    provenance.record(sm.input, sm.output, sm.config)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from atlib import provenance
 from atlib.checkpoint import CheckpointError
 from atlib.logs import job_logging
 from atlib.representation import representation_report
@@ -16,3 +17,4 @@ with job_logging(sm.log[0]):
                               device=sm.params.device)
     except (ValueError, CheckpointError, FileNotFoundError) as err:
         raise SystemExit(f"representation of {sm.input.model}: {err}") from None
+    provenance.record(sm.input, sm.output, sm.config)

@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+from atlib import provenance
 from atlib.checkpoint import CheckpointError
 from atlib.config import ConfigError
+from atlib.data import DataIntegrityError
 from atlib.logs import job_logging
 from atlib.pretrained import import_source
 from atlib.resume import Interrupted
@@ -24,8 +26,10 @@ def main(sm) -> None:
             else:
                 train_source(data, out, width=p.width, world_size=p.schedule.get("world_size", 1),
                              on_epoch=lambda row: live.log_metrics(row, step=int(row["epoch"])), **common)
-        except (TrainingError, CheckpointError, ConfigError, Interrupted, FileNotFoundError) as err:
+        except (TrainingError, CheckpointError, ConfigError, DataIntegrityError, Interrupted,
+                FileNotFoundError) as err:
             raise SystemExit(str(err)) from None  # one clear line; Interrupted exits non-zero to be retried
+        provenance.record(sm.input, sm.output, sm.config)
 
 
 # DDP ranks are spawned processes that re-import this file: only the parent runs the job.

@@ -1,5 +1,6 @@
 """Rules transfer and transfer_mode0_*: fine-tune one source model on one or more targets (Appendix C)."""
 
+from atlib import provenance
 from atlib.checkpoint import CheckpointError
 from atlib.config import ConfigError
 from atlib.logs import job_logging
@@ -20,3 +21,5 @@ with job_logging(sm.log[0]) as log:
                          on_epoch=lambda row: live.log_metrics(row, step=int(row["epoch"])))
             except (TransferError, CheckpointError, ConfigError, Interrupted, FileNotFoundError) as err:
                 raise SystemExit(str(err)) from None  # one clear line; Interrupted exits non-zero to be retried
+        provenance.record([sm.input.model, f"{job['target_dir']}/meta.json"],
+                          [metrics, f"{job['out_dir']}/history.csv"], sm.config)
