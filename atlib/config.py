@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -26,6 +27,13 @@ class ConfigError(ValueError):
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    """The config schema (a fresh copy: callers may fill it in)."""
+    return copy.deepcopy(_parsed_schema(Path(path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_schema(path: Path) -> dict:
+    # Parsing the YAML takes ~0.1 s, paid by every transfer of a batched job without this.
     return yaml.safe_load(path.read_text())
 
 
