@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from . import resume
 from .adapter import Adapted, AdapterError, build_network, find_head_and_last_bn, import_robustbench, in_channels
 from .checkpoint import CheckpointError
 from .config import eps_str, source_file
@@ -35,8 +36,8 @@ from .data import Prepared
 from .data.store import sha256
 from .models import NORMALIZATION, ResNet, build_model
 from .runtime import pick_device, seed_everything, set_threads
-from .train import HISTORY_COLUMNS, evaluate_dataset, model_meta, schedule_defaults, split_data, weight_norm, \
-    write_outputs
+from .train import HISTORY_COLUMNS, evaluate_dataset, model_meta, robust_metrics, schedule_defaults, split_data, \
+    weight_norm, write_outputs
 
 logger = logging.getLogger("atlib.pretrained")
 
@@ -346,13 +347,18 @@ def import_source(
     test = split_data(prep, "test")
     evaluation = dict(sched["evaluation"])
     evaluation["eps"] = sorted({*map(float, evaluation["eps"]), float(eps)})
-    ev = evaluate_dataset(model, test, evaluation, dev, sched["attack"]["norm"])
+    aa = evaluation["autoattack"]  # AutoAttack at the configured eps only, not the added training eps
+    evaluation["autoattack"] = {**aa, "eps": aa["eps"] if aa["eps"] is not None else sched["evaluation"]["eps"]}
+    rdir = Path(out_dir) / "resume"
+    ev = evaluate_dataset(model, test, evaluation, dev, sched["attack"]["norm"], seed=seed if rng_seed is None
+                          else rng_seed, state_dir=rdir, log=log)
     keep = {eps_str(e) for e in sched["evaluation"]["eps"]}
     wn = weight_norm(model)
     row = {c: float("nan") for c in HISTORY_COLUMNS}
     row.update(epoch=0, test_acc=ev["natural_acc"], test_adv_acc=ev["pgd_acc"].get(eps_str(eps), float("nan")),
                weight_norm=wn, time_s=time.time() - t0)
-    metrics = {"natural_acc": ev["natural_acc"], "pgd_acc": {k: v for k, v in ev["pgd_acc"].items() if k in keep},
+    metrics = {"natural_acc": ev["natural_acc"],
+               **robust_metrics({**ev, "pgd_acc": {k: v for k, v in ev["pgd_acc"].items() if k in keep}}),
                "weight_norm": wn, "epochs": 0, "train_time_s": 0.0, "eps": float(eps), "source": prep.name,
                "arch": arch, "seed": int(seed)}
     if isinstance(model, Adapted):
@@ -362,6 +368,7 @@ def import_source(
         extra, width = {}, model.conv1.out_channels / 64
     meta = model_meta(prep, arch, width, eps, seed, pretrained=file, imported=provenance, **extra)
     write_outputs(Path(out_dir), model, meta, [row], metrics)
+    resume.clear(rdir)  # AutoAttack's progress
     log.info("imported %s (%s, sha256 %s) as %s: natural %.2f%%, pgd %s", file, provenance["kind"],
              provenance["sha256"], out_dir, metrics["natural_acc"], metrics["pgd_acc"])
     return metrics

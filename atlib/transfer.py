@@ -45,7 +45,7 @@ from .data.store import sha256
 from .models import ResNet
 from .optim import make_optimizer, make_scheduler
 from .runtime import autocast, pick_device, seed_everything, set_threads, to_memory_format
-from .train import load_batches, schedule_defaults, split_data
+from .train import load_batches, robust_metrics, schedule_defaults, split_data
 
 logger = logging.getLogger("atlib.transfer")
 
@@ -512,8 +512,15 @@ def transfer(
     x_adv, y_adv = test.head(m)
     ev = evaluate(model, x_adv, y_adv, ev_cfg["eps"], ev_cfg["steps"], ev_cfg["restarts"], EVAL_BATCH, dev,
                   None, "l2")
+    ev["attack_of_record"] = ev_cfg["attack"]
+    if ev_cfg["attack"] == "autoattack":  # Lemma 5.1 with the field's attack, resumable from rdir
+        from .robust_eval import autoattack_accuracy
+
+        n_aa = test.n if ev_cfg["autoattack"]["max_images"] is None else min(ev_cfg["autoattack"]["max_images"],
+                                                                             test.n)
+        ev.update(autoattack_accuracy(model, *test.head(n_aa), ev_cfg, "l2", dev, prep.num_classes, seed, rdir, log))
     top1 = split_accuracy(model, test, dev, amp, cl)
-    metrics = {"top1": top1, "pgd_acc": ev["pgd_acc"], "mode": mode, "target": target, "source_model": key,
+    metrics = {"top1": top1, **robust_metrics(ev), "mode": mode, "target": target, "source_model": key,
                "eps": eps, "seed": seed, "epochs": epochs, "cached": cached, "train_time_s": elapsed}
     out_dir.mkdir(parents=True, exist_ok=True)
     import pandas as pd  # here, not at the top: every job pays ~0.3 s to import it
