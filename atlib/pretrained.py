@@ -44,13 +44,9 @@ logger = logging.getLogger("atlib.pretrained")
 PREFIXES = ("module.model.", "model.", "module.")
 
 
-def madrylab_to_atlib(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple | None]:
-    """Rename a MadryLab (or torchvision) state_dict to ours.
-
-    Returns:
-        (our state_dict without the `normalize.*` buffers, (mean, std) from their
-        normalizer as tensors, or None when the checkpoint has none).
-    """
+def strip_wrappers(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple | None]:
+    """The network's own keys of a state_dict saved under MadryLab's AttackerModel and DataParallel
+    (or plain), and (mean, std) of their normalizer as (1, C, 1, 1) tensors (None when it has none)."""
     norm = None
     for prefix in ("module.normalizer.", "normalizer."):
         if f"{prefix}new_mean" in state:
@@ -62,6 +58,17 @@ def madrylab_to_atlib(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
         if any(k.startswith(prefix) for k in net):
             net = {k[len(prefix):]: v for k, v in net.items() if k.startswith(prefix)}
             break
+    return net, norm
+
+
+def madrylab_to_atlib(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple | None]:
+    """Rename a MadryLab (or torchvision) state_dict to ours.
+
+    Returns:
+        (our state_dict without the `normalize.*` buffers, (mean, std) from their
+        normalizer as tensors, or None when the checkpoint has none).
+    """
+    net, norm = strip_wrappers(state)
     out = {}
     for k, v in net.items():
         k = re.sub(r"^linear\.", "fc.", k)
@@ -121,6 +128,15 @@ def read_weights(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def _load_strict(net: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str, fix: str) -> None:
+    """`load_state_dict(strict=True)`, or one CheckpointError naming the file, the architecture and the fix."""
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit {what} ({' '.join(str(err).split())[:300]}); {fix}") \
+            from None
+
+
 def check_sha256(path: Path, declared: str | None, where: str) -> str:
     """The file's sha256; CheckpointError when it differs from the `declared` one."""
     digest = sha256(path)
@@ -153,12 +169,7 @@ def load_pretrained(path: str | Path, arch: str, normalization: str | None = Non
         state["normalize.mean"], state["normalize.std"] = norm
     else:
         state["normalize.mean"], state["normalize.std"] = model.normalize.mean, model.normalize.std
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit {arch} ({str(err).splitlines()[0]}; "
-                              f"{' '.join(str(err).split())[:300]}); set the experiment's arch to the "
-                              "checkpoint's architecture") from None
+    _load_strict(model, state, path, arch, "set the experiment's arch to the checkpoint's architecture")
     return model.eval()
 
 
@@ -184,8 +195,8 @@ def _robustbench(entry: dict[str, Any], where: str) -> tuple[nn.Module, dict[str
         raise CheckpointError(f"{where}.name: {name!r} is not in RobustBench's {ds} {tm} zoo ({len(models)} models"
                               f"{'; closest: ' + ', '.join(close) if close else ''}); use a name of "
                               f"robustbench.model_zoo.model_dicts[{ds}][{tm}]")
-    if isinstance(models[name]["gdrive_id"], list) or timm.is_model(f"{name.lower().replace('-', '_')}_{ds}_{tm.lower()}") \
-            or (ds == "imagenet" and "Standard" in name):
+    served_by_timm = timm.is_model(f"{name.lower().replace('-', '_')}_{ds}_{tm.lower()}")
+    if isinstance(models[name]["gdrive_id"], list) or served_by_timm or (ds == "imagenet" and "Standard" in name):
         raise CheckpointError(f"{where}.name: RobustBench's {name!r} is an ensemble or served by another library "
                               "(timm's hub, torchvision's weights); import a single network, or that library's "
                               "weights with kind timm / torchvision")
@@ -220,12 +231,13 @@ def _download(entry: dict[str, Any]) -> Path:
     return Path(hf_hub_download(cfg["hf_hub_id"], "model.safetensors"))
 
 
-def _library_net(entry: dict[str, Any], where: str) -> tuple[nn.Module, dict[str, Any], Path]:
-    """A torchvision / timm architecture with the weights of the entry's file."""
+def _library_net(entry: dict[str, Any], where: str) -> tuple[nn.Module, dict[str, Any], Path, tuple | None]:
+    """A torchvision / timm architecture with the weights of the entry's file (a plain state_dict, or
+    one saved by MadryLab's code, e.g. Salman et al.'s ImageNet models), and the file's normalizer."""
     path = source_file(entry)
     if path is None or (not path.is_file() and entry["allow_download"]):
         path = _download(entry)
-    state = {re.sub(r"^module\.", "", k): v for k, v in _unpack(read_weights(path), path).items()}
+    state, norm = strip_wrappers(_unpack(read_weights(path), path))
     spec = {"library": entry["kind"], "arch": entry["arch"], "num_classes": 1000}
     try:
         net = build_network(spec)
@@ -236,13 +248,9 @@ def _library_net(entry: dict[str, Any], where: str) -> tuple[nn.Module, dict[str
     if n != spec["num_classes"]:
         spec["num_classes"] = int(n)
         net = build_network(spec)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit {entry['kind']}'s {entry['arch']} "
-                              f"({' '.join(str(err).split())[:300]}); set {where}.arch to the weights' "
-                              "architecture") from None
-    return net, spec, path
+    _load_strict(net, state, path, f"{entry['kind']}'s {entry['arch']}", f"set {where}.arch to the weights' "
+                 "architecture")
+    return net, spec, path, norm
 
 
 def load_source(entry: dict[str, Any], arch: str, where: str, normalization: str | None = None,
@@ -269,10 +277,10 @@ def load_source(entry: dict[str, Any], arch: str, where: str, normalization: str
         net, spec, path = _robustbench(entry, where)
         norm = _normalization(entry, ((0.0,) * 3, (1.0,) * 3))
     else:
-        net, spec, path = _library_net(entry, where)
+        net, spec, path, saved = _library_net(entry, where)
         cfg = getattr(net, "pretrained_cfg", None) or {}
-        norm = _normalization(entry, (tuple(cfg["mean"]), tuple(cfg["std"])) if "mean" in cfg
-                              else NORMALIZATION["imagenet"])
+        default = (tuple(cfg["mean"]), tuple(cfg["std"])) if "mean" in cfg else NORMALIZATION["imagenet"]
+        norm = _normalization(entry, default if saved is None else tuple(tuple(t.flatten().tolist()) for t in saved))
     digest = digest or check_sha256(path, entry["sha256"], where)
     model = _wrap(net.eval(), spec, entry, norm, image_size, path)
     keys = ("name", "dataset", "threat_model") if kind == "robustbench" else ("arch", "weights")

@@ -17,7 +17,8 @@ from atlib.checkpoint import load_model, save_model
 from atlib.data import Arrays, write_prepared
 from atlib.models import build_model
 from atlib.adapter import tail_split
-from atlib.transfer import HISTORY_COLUMNS, TransferError, freeze_for_mode, new_head, set_train_mode, transfer, use_cache
+from atlib.transfer import (HISTORY_COLUMNS, TransferError, freeze_for_mode, new_head, set_train_mode, transfer,
+                            use_cache)
 
 METRIC_KEYS = {"top1", "pgd_acc", "attack_of_record", "mode", "target", "source_model", "eps", "seed", "epochs",
                "cached", "train_time_s"}

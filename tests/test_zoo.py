@@ -11,6 +11,7 @@ AttackerModel, the way `robustness.train` writes checkpoints.
 from __future__ import annotations
 
 import json
+import sys
 import types
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def owner_torchvision(root: Path) -> tuple[torch.nn.Module, dict]:
 
 def owner_robustness(root: Path) -> tuple[torch.nn.Module, dict]:
     """MadryLab's ResNet-18 in its AttackerModel under DataParallel, saved as robustness.train does."""
+    import_torchvision()  # robustness imports torchvision, which needs atlib's shim on this CPU torch
     pytest.importorskip("robustness.attacker")
     dill = pytest.importorskip("dill")
     from robustness.attacker import AttackerModel
@@ -114,6 +116,27 @@ def test_madrylab_checkpoint_gives_madrylab_logits(tmp_path):
     with torch.no_grad():
         assert rel_diff(model(X), theirs(X)) < 1e-5
     assert prov == {"kind": "robustness", "file": entry["file"], "sha256": sha256(Path(entry["file"]))}
+
+
+def test_madrylab_imagenet_checkpoint_imports_as_torchvision(tmp_path, monkeypatch):
+    """Salman et al.'s ImageNet grid is saved by MadryLab's code around torchvision-named networks."""
+    import_torchvision()  # robustness imports torchvision, which needs atlib's shim on this CPU torch
+    pytest.importorskip("robustness.attacker")
+    # robustness.imagenet_models' other files import torchvision.models.utils, an alias of torch.hub's
+    # loader that torchvision has since removed.
+    monkeypatch.setitem(sys.modules, "torchvision.models.utils", torch.hub)
+    dill = pytest.importorskip("dill")
+    from robustness.attacker import AttackerModel
+    from robustness.imagenet_models import resnet18
+
+    torch.manual_seed(0)
+    data = types.SimpleNamespace(mean=torch.tensor([0.485, 0.456, 0.406]), std=torch.tensor([0.229, 0.224, 0.225]))
+    theirs = torch.nn.DataParallel(AttackerModel(resnet18(num_classes=10), data))
+    torch.save({"model": theirs.state_dict(), "epoch": 90}, tmp_path / "resnet18_l2_eps3.ckpt", pickle_module=dill)
+    model, _ = load_source(dict(kind="torchvision", arch="resnet18", file=str(tmp_path / "resnet18_l2_eps3.ckpt")),
+                           "salman_r18", "source_models.salman")
+    with torch.no_grad():
+        assert rel_diff(model(X), theirs.eval()(X)[0]) < 1e-5
 
 
 # --------------------------------------------------------------------------- bad input

@@ -175,7 +175,8 @@ def _autoattack_cols(m: dict) -> dict:
         return {}
     cols = {f"autoattack_acc_{eps_str(float(e))}": float(v) for e, v in m.get("autoattack_acc", {}).items()}
     cols.update({f"pgd_same_images_{eps_str(float(e))}": float(v) for e, v in aa["pgd_acc_same_images"].items()})
-    return {**cols, "autoattack_n": aa["n_images"], "autoattack_attacks": f"{aa['version']}: {', '.join(aa['attacks'])}"}
+    return {**cols, "autoattack_n": aa["n_images"],
+            "autoattack_attacks": f"{aa['version']}: {', '.join(aa['attacks'])}"}
 
 
 def _frame(rows: list[dict], cols: list[str]) -> pd.DataFrame:
