@@ -16,11 +16,14 @@ venv: $(STAMP)
 # torch: the CPU wheel, pinned. torchvision 0.28.0 is a CUDA build on PyPI: --no-deps keeps its
 # CUDA torch out (atlib.compat makes it import on CPU torch). torchattacks pins an old requests;
 # nngeometry (the diagonal Fisher's peer in tests and benchmarks) would pull another torch.
+# robustbench pins timm==1.0.9 and gdown==5.1.0: --no-deps, then its real dependencies with a current
+# timm (setuptools<81 keeps the pkg_resources its loaders import). MadryLab's robustness (and its cox)
+# only for the test that writes a checkpoint with their own code: --no-deps, plus what its imports need.
 $(STAMP): pyproject.toml envs/constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) --no-deps torchvision==0.28.0 torchattacks==3.5.1 nngeometry==0.4
+	$(PIP) --no-deps torchvision==0.28.0 torchattacks==3.5.1 nngeometry==0.4 robustbench==1.1.1 robustness==1.2.1.post2 cox==0.2
 	$(PIP) -e '.[test]'
 	touch $@
 

@@ -18,12 +18,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.en
 
 # Our check first: one message naming the key (and defaults filled in), then Snakemake's own.
 sys.path.insert(0, workflow.basedir)
-from atlib.config import ConfigError, check_config
+from atlib.config import ConfigError, check_config, missing_source_files
 
 try:
     check_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+if missing_source_files(config):
+    raise WorkflowError("\n".join(missing_source_files(config)))
 validate(config, "workflow/schemas/config.schema.yaml")
 # Read by atlib.data.Prepared in every job, wherever the job opens a dataset.
 os.environ["ATLIB_VERIFY_DATA"] = "1" if config["verify_data"] else "0"

@@ -54,15 +54,21 @@ def save_model(path: str | Path, model: ResNet, meta: dict[str, Any]) -> None:
 
 
 def load_model(path: str | Path, expect_arch: str | None = None) -> tuple[ResNet, dict[str, Any]]:
-    """Rebuild a model saved by `save_model`; refuse another arch or mismatched weights."""
+    """Rebuild a model saved by `save_model` (an atlib ResNet, or an imported network wrapped by
+    `adapter.Adapted` when meta has "adapter"); refuse another arch or mismatched weights."""
     obj = safe_load(path)
     if "state_dict" not in obj or "meta" not in obj:
         raise CheckpointError(f"{path}: not an atlib model checkpoint (keys: {sorted(obj)[:5]})")
     meta = obj["meta"]
     if expect_arch is not None and meta.get("arch") != expect_arch:
         raise CheckpointError(f"{path}: checkpoint is arch {meta.get('arch')!r}, expected {expect_arch!r}")
-    model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["width"],
-                        meta["normalization"])
+    if "adapter" in meta:  # an imported foreign network (atlib.adapter), rebuilt by its library
+        from .adapter import rebuild
+
+        model = rebuild(meta, obj["state_dict"])
+    else:
+        model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["width"],
+                            meta["normalization"])
     try:
         model.load_state_dict(obj["state_dict"])
     except RuntimeError as err:

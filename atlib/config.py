@@ -214,13 +214,7 @@ def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
                               "list the targets in an experiment with a madry or trades schedule")
         if exp["targets"] and exp["finetune"] not in config["finetune_schedules"]:
             raise ConfigError(f"config error at {where}.finetune: no finetune_schedules entry {exp['finetune']!r}")
-        for k in exp["pretrained"]:
-            try:
-                ok = float(k) in [float(e) for e in exp["eps"]]
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ConfigError(f"config error at {where}.pretrained.{k}: not one of this experiment's eps")
+        _check_pretrained(config, exp, where)
         if exp["targets"] and 0 not in [float(e) for e in exp["eps"]]:
             raise ConfigError(f"config error at {where}.eps: transfer needs the standard model (eps 0) "
                               "to compare against")
@@ -230,6 +224,81 @@ def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
                 raise ConfigError(f"config error at {where}: model {key.path} is defined again with another "
                                   "width or train schedule")
     return config
+
+
+def pretrained_entry(config: dict, exp: dict, eps: float | str) -> tuple[str, dict] | None:
+    """(name, source_models entry) that the experiment imports at `eps`, or None when it trains it."""
+    for k, name in exp["pretrained"].items():
+        if float(k) == float(eps):
+            return name, config["source_models"][name]
+    return None
+
+
+def source_file(entry: dict) -> Path | None:
+    """The weights file a source_models entry imports: RobustBench's layout path
+    `{model_dir}/{dataset}/{threat_model}/{name}.pt`, else its `file` (None: downloaded by the job)."""
+    if entry["kind"] == "robustbench":
+        return Path(entry["model_dir"]) / entry["dataset"] / entry["threat_model"] / f"{entry['name']}.pt"
+    return Path(entry["file"]) if entry.get("file") else None
+
+
+def missing_source_files(config: dict) -> list[str]:
+    """One message per imported weights file that is neither there nor allowed to be downloaded."""
+    out: dict[Path, str] = {}
+    for name, exp in config["experiments"].items():
+        for k, entry_name in exp["pretrained"].items():
+            entry = config["source_models"][entry_name]
+            path = source_file(entry)
+            if path is None or path in out or path.is_file() or entry["allow_download"]:
+                continue
+            layout = " (RobustBench's layout {model_dir}/{dataset}/{threat_model}/{name}.pt)" \
+                if entry["kind"] == "robustbench" else ""
+            out[path] = (f"{path}: weights of source_models.{entry_name} (imported by experiments.{name}.pretrained."
+                         f"{k}) not found; stage the file there{layout}, or set source_models.{entry_name}."
+                         "allow_download: true")
+    return list(out.values())
+
+
+def _check_pretrained(config: dict, exp: dict, where: str) -> None:
+    """pretrained keys are eps of the experiment naming usable source_models entries; every other
+    eps is trained, which needs an atlib architecture."""
+    from .models import ARCHS
+
+    eps = [float(e) for e in exp["eps"]]
+    for k, name in exp["pretrained"].items():
+        key = f"{where}.pretrained.{k}"
+        try:
+            ok = float(k) in eps
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"config error at {key}: not one of this experiment's eps")
+        if name not in config["source_models"]:
+            raise ConfigError(f"config error at {key}: no source_models entry {name!r}; known: "
+                              f"{', '.join(sorted(config['source_models'])) or 'none'}")
+        _check_source_model(config["source_models"][name], f"source_models.{name}", exp["arch"], key)
+    trained = [e for e in exp["eps"] if not any(float(k) == float(e) for k in exp["pretrained"])]
+    if trained and exp["arch"] not in ARCHS:
+        raise ConfigError(f"config error at {where}.arch: {exp['arch']!r} is not an architecture atlib trains "
+                          f"({', '.join(sorted(ARCHS))}), and eps {trained} are not imported: name a "
+                          "source_models entry for each in pretrained, or use an atlib arch")
+
+
+def _check_source_model(entry: dict, where: str, arch: str, used_at: str) -> None:
+    from .models import ARCHS
+
+    kind = entry["kind"]
+    if kind == "robustness" and arch not in ARCHS:
+        raise ConfigError(f"config error at {used_at}: a robustness checkpoint loads into an atlib arch "
+                          f"({', '.join(sorted(ARCHS))}), not {arch!r}")
+    need = {"robustness": ["file"], "robustbench": ["name"], "torchvision": ["arch"], "timm": ["arch"]}[kind]
+    if kind in ("torchvision", "timm") and not entry["allow_download"]:
+        need.append("file")
+    if kind == "torchvision" and entry["allow_download"] and not entry["file"]:
+        need.append("weights")
+    for k in need:
+        if not entry.get(k):
+            raise ConfigError(f"config error at {where}.{k}: a {kind} source model needs {k}")
 
 
 def ladder_levels(config: dict) -> dict[str, list[tuple[str, float]]]:

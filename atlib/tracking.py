@@ -61,7 +61,7 @@ ID_NUMBERS = frozenset({"eps", "seed", "mode"})
 
 _WILDCARD_RE = {
     "source": r"[A-Za-z0-9_\-]+", "dataset": r"[A-Za-z0-9_\-]+", "target": r"[A-Za-z0-9_\-]+",
-    "arch": r"resnet[0-9]+(?:_imagenet)?", "tag": r"eps|gn", "eps": r"[0-9]+(?:\.[0-9]+)?", "seed": r"[0-9]+",
+    "arch": r"[A-Za-z0-9_]+", "tag": r"eps|gn", "eps": r"[0-9]+(?:\.[0-9]+)?", "seed": r"[0-9]+",
     "mode": r"[012]", "method": r"plain|variational|effective",
 }
 # As workflow/rules/common.smk: tag "eps" (standard, adversarial) or "gn" (Gaussian-noise models).

@@ -156,16 +156,33 @@ def natural_accuracy(model: nn.Module, ds, device: torch.device, amp: bool = Fal
 
 
 def evaluate_dataset(model: nn.Module, ds, evaluation: dict[str, Any], device: torch.device, norm: str = "l2",
-                     workers: int = 0) -> dict:
+                     workers: int = 0, seed: int = 0, state_dir: Path | None = None,
+                     log: logging.Logger = logger) -> dict:
     """`attacks.evaluate` with a schedule's `evaluation` block on a dataset (natural on all
-    images, PGD on the first evaluation.max_images), without loading file-backed sets whole."""
+    images, PGD on the first evaluation.max_images), without loading file-backed sets whole; with
+    evaluation.attack autoattack also `robust_eval.autoattack_accuracy` (seeded by `seed`, resumable
+    from `state_dir`). The result names the attack of record ("attack_of_record")."""
     m = len(ds) if evaluation["max_images"] is None else min(evaluation["max_images"], len(ds))
-    x, y = next(load_batches(ds, [torch.arange(m)], workers)) if m else (torch.empty(0), torch.empty(0))
-    out = evaluate(model, x, y.long(), evaluation["eps"], evaluation["steps"], evaluation["restarts"],
+    aa = evaluation.get("attack", "pgd") == "autoattack"
+    m_aa = min(evaluation["autoattack"]["max_images"] or len(ds), len(ds)) if aa else 0
+    k = max(m, m_aa)
+    x, y = next(load_batches(ds, [torch.arange(k)], workers)) if k else (torch.empty(0), torch.empty(0))
+    out = evaluate(model, x[:m], y[:m].long(), evaluation["eps"], evaluation["steps"], evaluation["restarts"],
                    EVAL_BATCH, device, None, norm)
     if m < len(ds):  # natural accuracy on every test image, not only the attacked ones
         out["natural_acc"] = natural_accuracy(model, ds, device, workers=workers)
+    if aa:
+        from .robust_eval import autoattack_accuracy
+
+        out.update(autoattack_accuracy(model, x, y.long(), evaluation, norm, device, model.fc.out_features, seed,
+                                       state_dir, log))
+    out["attack_of_record"] = "autoattack" if aa else "pgd"
     return out
+
+
+def robust_metrics(ev: dict) -> dict:
+    """The evaluation's robustness entries for metrics.json: PGD, and AutoAttack when it ran."""
+    return {k: ev[k] for k in ("pgd_acc", "autoattack_acc", "autoattack", "attack_of_record") if k in ev}
 
 
 def model_meta(prep: Prepared, arch: str, width: float, eps: float, seed: int, **extra) -> dict[str, Any]:
@@ -421,13 +438,15 @@ def _train_loop(env: ddp.DistEnv, dev: torch.device, data_dir: Path, out_dir: Pa
 
     metrics: dict[str, Any] = {}
     if env.is_main:
-        ev = evaluate_dataset(net, test, sched["evaluation"], dev, sched["attack"]["norm"], workers)
-        metrics = {"natural_acc": ev["natural_acc"], "pgd_acc": ev["pgd_acc"], "weight_norm": weight_norm(net),
+        ev = evaluate_dataset(net, test, sched["evaluation"], dev, sched["attack"]["norm"], workers, rng_seed, rdir,
+                              log)
+        metrics = {"natural_acc": ev["natural_acc"], **robust_metrics(ev), "weight_norm": weight_norm(net),
                    "epochs": epochs, "train_time_s": elapsed, "eps": eps, "source": prep.name, "arch": arch,
                    "seed": seed}
         write_outputs(out_dir, net, meta, history, metrics)
         resume.clear(rdir)
-        log.info("done: natural %.2f%%, pgd %s, %.1f s", metrics["natural_acc"], metrics["pgd_acc"], elapsed)
+        log.info("done: natural %.2f%%, pgd %s, autoattack %s, %.1f s", metrics["natural_acc"], metrics["pgd_acc"],
+                 metrics.get("autoattack_acc", "not run"), elapsed)
     ddp.barrier(env)
     return ddp.broadcast_object(metrics, env)
 

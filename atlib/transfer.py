@@ -4,9 +4,12 @@ Modes (the paper's Appendix C): 0 trains the head and the BatchNorm right before
 every BatchNorm, 2 the whole network. Frozen modules stay in eval mode, so their running statistics
 never move.
 
-Mode 0 has a fast path. Everything before the last BN is frozen, so the two tensors the last block
-combines -- the last BN's input (the last conv's output) and the shortcut output -- are computed once
-and cached; each epoch then trains only the tail
+Any source model works that declares `features`, `fc`, `last_bn()` (atlib's ResNet, or an imported
+network wrapped by `adapter.Adapted`); mode 1's BatchNorms are every `_BatchNorm` in the model.
+
+Mode 0 has a fast path. Everything before the last BN is frozen, so the tensors the rest of the network
+reads -- the last BN's input and, in a residual block, the shortcut output -- are computed once and
+cached (`adapter.TailSplit`, cut from the traced model); each epoch then trains only the tail, e.g.
 
     last_bn -> (+ shortcut) -> relu -> avgpool -> fc,
 
@@ -33,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import resume
+from .adapter import TailSplit, tail_split
 from .attacks import _ModeGuard, evaluate, natural_correct
 from .augment import augment_batch, is_random
 from .checkpoint import CheckpointError, load_model, save_model
@@ -41,7 +45,7 @@ from .data.store import sha256
 from .models import ResNet
 from .optim import make_optimizer, make_scheduler
 from .runtime import autocast, pick_device, seed_everything, set_threads, to_memory_format
-from .train import load_batches, schedule_defaults, split_data
+from .train import load_batches, robust_metrics, schedule_defaults, split_data
 
 logger = logging.getLogger("atlib.transfer")
 
@@ -119,83 +123,55 @@ def new_head(model: ResNet, num_classes: int) -> None:
 
 @dataclass
 class TailCache:
-    """The frozen trunk's outputs for one split: the last BN's input and the shortcut output."""
+    """The frozen trunk's outputs for one split (`TailSplit.trunk`: the last BN's input, shortcuts)."""
 
-    pre: torch.Tensor
-    identity: torch.Tensor
+    parts: tuple[torch.Tensor, ...]
     y: torch.Tensor
 
     @property
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.nelement() for t in (self.pre, self.identity))
+        return sum(t.element_size() * t.nelement() for t in self.parts)
 
     def to(self, device: torch.device) -> "TailCache":
-        return TailCache(self.pre.to(device), self.identity.to(device), self.y.to(device))
+        return TailCache(tuple(t.to(device) for t in self.parts), self.y.to(device))
 
     def batch(self, idx: torch.Tensor, device: torch.device, channels_last: bool,
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(pre, identity, y) of `idx` on `device`."""
+              ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """(trunk outputs, y) of `idx` on `device`."""
         idx = idx.to(self.y.device)
-        pre, ident, y = (t[idx].to(device, non_blocking=True) for t in (self.pre, self.identity, self.y))
-        return to_memory_format(pre, channels_last), to_memory_format(ident, channels_last), y
+        parts = tuple(to_memory_format(t[idx].to(device, non_blocking=True), channels_last) for t in self.parts)
+        return parts, self.y[idx].to(device, non_blocking=True)
 
 
-def tail_forward(model: ResNet, pre: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-    """Logits from cached trunk outputs: the last block's end, the pooling and the head.
-
-    Both BasicBlock and Bottleneck end with `relu(last_bn(conv(...)) + identity)`, and
-    `ResNet.features` then pools and flattens, so this is exactly `model(x)` given the trunk.
-    """
-    out = model.last_block().relu(model.last_bn()(pre) + identity)
-    return model.fc(torch.flatten(model.avgpool(out), 1))
-
-
-@torch.no_grad()
-def trunk_outputs(model: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(last BN input, shortcut output) of a batch, captured by hooks on the last block."""
-    block, bn = model.last_block(), model.last_bn()
-    got: dict[str, torch.Tensor] = {}
-    hooks = [bn.register_forward_pre_hook(lambda m, args: got.__setitem__("pre", args[0]))]
-    if block.downsample is not None:
-        hooks.append(block.downsample.register_forward_hook(lambda m, a, out: got.__setitem__("id", out)))
-    else:  # the shortcut is the block's input itself
-        hooks.append(block.register_forward_pre_hook(lambda m, args: got.__setitem__("id", args[0])))
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return got["pre"], got["id"]
-
-
-def cache_nbytes(model: ResNet, x: torch.Tensor, n: int, device: torch.device, bf16: bool,
+def cache_nbytes(model: nn.Module, split: TailSplit, x: torch.Tensor, n: int, device: torch.device, bf16: bool,
                  channels_last: bool) -> int:
     """Bytes a cache of `n` images like `x` (one adapted image or more) will take."""
     with _ModeGuard(model, True), autocast(device, bf16):
-        pre, ident = trunk_outputs(model, to_memory_format(x[:1].to(device), channels_last))
-    return n * (pre.element_size() * pre[0].nelement() + ident.element_size() * ident[0].nelement())
+        parts = split.trunk(to_memory_format(x[:1].to(device), channels_last))
+    return n * sum(t.element_size() * t[0].nelement() for t in parts)
 
 
 @torch.no_grad()
-def build_cache(model: ResNet, data: "Split", device: torch.device, bf16: bool, channels_last: bool,
-                desc: str = "cache") -> TailCache:
+def build_cache(model: nn.Module, split: TailSplit, data: "Split", device: torch.device, bf16: bool,
+                channels_last: bool, desc: str = "cache") -> TailCache:
     """Run the frozen trunk once over a split, in eval mode (no running statistics move).
 
     The cache lives in host memory, in the dtype the trunk produced (bf16 under autocast: what
     the plain path feeds the last BN); batches move to `device` when used.
     """
-    pre = ident = None
+    parts: list[torch.Tensor] | None = None
     ys = torch.empty(data.n, dtype=torch.int64)
     with _ModeGuard(model, True):
         for idx in tqdm(torch.arange(data.n).split(EVAL_BATCH), desc=desc, leave=False, mininterval=2.0):
             x, y = data.batch(idx, device, channels_last)
             with autocast(device, bf16):
-                p, i = trunk_outputs(model, x)
-            if pre is None:  # preallocate: no concatenation peak for large caches
-                pre = torch.empty((data.n,) + tuple(p.shape[1:]), dtype=p.dtype)
-                ident = torch.empty((data.n,) + tuple(i.shape[1:]), dtype=i.dtype)
-            pre[idx], ident[idx], ys[idx] = p.cpu(), i.cpu(), y.cpu()
-    return TailCache(pre, ident, ys)
+                got = split.trunk(x)
+            if parts is None:  # preallocate: no concatenation peak for large caches
+                parts = [torch.empty((data.n,) + tuple(t.shape[1:]), dtype=t.dtype) for t in got]
+            for whole, t in zip(parts, got):
+                whole[idx] = t.cpu()
+            ys[idx] = y.cpu()
+    return TailCache(tuple(parts or ()), ys)
 
 
 def use_cache(mode: int, schedule: dict[str, Any]) -> bool:
@@ -258,15 +234,15 @@ def split_accuracy(model: ResNet, data: Split, device: torch.device, bf16: bool,
 
 
 @torch.no_grad()
-def cache_accuracy(model: ResNet, cache: TailCache, device: torch.device, bf16: bool,
+def cache_accuracy(model: nn.Module, split: TailSplit, cache: TailCache, device: torch.device, bf16: bool,
                    channels_last: bool = False) -> float:
     """Top-1 (%) of the tail on cached trunk outputs (eval mode for the call)."""
     correct = torch.zeros((), dtype=torch.int64, device=device)
     with _ModeGuard(model, True):
         for idx in torch.arange(len(cache.y)).split(EVAL_BATCH):
-            pre, ident, y = cache.batch(idx, device, channels_last)
+            parts, y = cache.batch(idx, device, channels_last)
             with autocast(device, bf16):
-                logits = tail_forward(model, pre, ident)
+                logits = split.tail(parts)
             correct += (logits.argmax(1) == y).sum()
     return 100.0 * int(correct) / len(cache.y)
 
@@ -297,7 +273,9 @@ def _load_inputs(model_path: str | Path, target_dir: str | Path, key: str, arch:
         raise TransferError(f"{where}: {err}") from None
     try:
         model, meta = load_model(model_path, expect_arch=arch)
-    except CheckpointError as err:
+        if mode == 0:
+            model.last_bn()  # an imported network may have no BatchNorm before its head
+    except (CheckpointError, ValueError) as err:
         raise TransferError(f"{where}: {err}") from None
     for split in ("train", "test"):
         if prep.split_size(split) == 0:
@@ -313,18 +291,26 @@ def _load_inputs(model_path: str | Path, target_dir: str | Path, key: str, arch:
     return prep, model, meta
 
 
-def _cache_fits(model: ResNet, train: Split, n_test: int, sched: dict[str, Any], device: torch.device, what: str,
-                log: logging.Logger) -> bool:
-    """Whether the mode-0 cache fits in schedule.cache_max_mb ("always" fails when it does not)."""
-    probe = train.batch(torch.arange(1), torch.device("cpu"), False)[0]
-    need = cache_nbytes(model, probe, train.n + n_test, device, bool(sched["bf16"]), bool(sched["channels_last"]))
+def _cache_split(model: nn.Module, train: Split, n_test: int, sched: dict[str, Any], device: torch.device,
+                 what: str, log: logging.Logger) -> TailSplit | None:
+    """The model cut at its last BN when the mode-0 cache can be used and fits in schedule.cache_max_mb
+    ("always" fails when it cannot); None = train through the full model."""
+    probe = train.batch(torch.arange(min(2, train.n)), device, bool(sched["channels_last"]))[0]
+    split, why = tail_split(model, probe)
+    if split is None:
+        if sched["cache_features"] == "always":
+            raise TransferError(f"mode-0 cache of {what}: {why}; set cache_features to 'auto' or 'never'")
+        log.info("mode-0 cache of %s not available (%s): training through the full model instead", what, why)
+        return None
+    need = cache_nbytes(model, split, probe, train.n + n_test, device, bool(sched["bf16"]),
+                        bool(sched["channels_last"]))
     if need <= sched["cache_max_mb"] * 2**20:
-        return True
+        return split
     msg = f"mode-0 cache of {what} needs {need / 2**20:.0f} MB, over cache_max_mb={sched['cache_max_mb']}"
     if sched["cache_features"] == "always":
         raise TransferError(f"{msg}: raise cache_max_mb (and the job's memory) or set cache_features to 'auto'")
     log.info("%s: training through the full model instead", msg)
-    return False
+    return None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -410,7 +396,9 @@ def transfer(
     opt = make_optimizer(params, sched)
     scheduler = make_scheduler(opt, sched)
 
-    cached = use_cache(mode, sched) and _cache_fits(model, train, test.n, sched, dev, f"{key} on {target}", log)
+    split = _cache_split(model, train, test.n, sched, dev, f"{key} on {target}", log) if use_cache(mode, sched) \
+        else None
+    cached = split is not None
 
     rdir = out_dir / "resume"
     fingerprint = {"model": key, "model_sha256": sha256(Path(model_path)), "target": target, "mode": mode,
@@ -444,8 +432,8 @@ def transfer(
     train_cache = test_cache = None
     if cached and start_epoch < epochs:  # rebuilt on resume too: the frozen trunk gives the same outputs
         t0 = time.time()
-        train_cache = build_cache(model, train, dev, amp, cl, "cache train")
-        test_cache = build_cache(model, test, dev, amp, cl, "cache test")
+        train_cache = build_cache(model, split, train, dev, amp, cl, "cache train")
+        test_cache = build_cache(model, split, test, dev, amp, cl, "cache test")
         nbytes = train_cache.nbytes + test_cache.nbytes
         if dev.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(dev)[0]:
             train_cache, test_cache = train_cache.to(dev), test_cache.to(dev)  # no host->device copy per step
@@ -463,8 +451,8 @@ def transfer(
 
     def forward(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if train_cache is not None:
-            pre, ident, y = train_cache.batch(idx, dev, cl)
-            return tail_forward(model, pre, ident), y
+            parts, y = train_cache.batch(idx, dev, cl)
+            return split.tail(parts), y
         x, y = train.batch(idx, dev, cl, sched["augment"], gen)
         return model(x), y
 
@@ -502,7 +490,7 @@ def transfer(
             start_step = 0
             scheduler.step()
             if test_cache is not None:
-                top1 = cache_accuracy(model, test_cache, dev, amp, cl)
+                top1 = cache_accuracy(model, split, test_cache, dev, amp, cl)
             else:
                 top1 = split_accuracy(model, test, dev, amp, cl)
             epoch_time += time.time() - t0
@@ -524,8 +512,15 @@ def transfer(
     x_adv, y_adv = test.head(m)
     ev = evaluate(model, x_adv, y_adv, ev_cfg["eps"], ev_cfg["steps"], ev_cfg["restarts"], EVAL_BATCH, dev,
                   None, "l2")
+    ev["attack_of_record"] = ev_cfg["attack"]
+    if ev_cfg["attack"] == "autoattack":  # Lemma 5.1 with the field's attack, resumable from rdir
+        from .robust_eval import autoattack_accuracy
+
+        n_aa = test.n if ev_cfg["autoattack"]["max_images"] is None else min(ev_cfg["autoattack"]["max_images"],
+                                                                             test.n)
+        ev.update(autoattack_accuracy(model, *test.head(n_aa), ev_cfg, "l2", dev, prep.num_classes, seed, rdir, log))
     top1 = split_accuracy(model, test, dev, amp, cl)
-    metrics = {"top1": top1, "pgd_acc": ev["pgd_acc"], "mode": mode, "target": target, "source_model": key,
+    metrics = {"top1": top1, **robust_metrics(ev), "mode": mode, "target": target, "source_model": key,
                "eps": eps, "seed": seed, "epochs": epochs, "cached": cached, "train_time_s": elapsed}
     out_dir.mkdir(parents=True, exist_ok=True)
     import pandas as pd  # here, not at the top: every job pays ~0.3 s to import it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,14 @@ BAD = [  # (what, key to change, new value, text the message must contain)
     ("negative learning rate", "finetune_schedules.demo.lr", -0.1, "finetune_schedules.demo.lr"),
     ("pretrained for an eps not trained", "experiments.demo.pretrained", {"3": "x.pt"}, "experiments.demo.pretrained.3"),
     ("transfer without a standard model", "experiments.demo.eps", [1], "experiments.demo.eps"),
+    ("pretrained naming no source_models entry", "experiments.demo.pretrained", {"1": "madry"},
+     "experiments.demo.pretrained.1: no source_models entry 'madry'"),
+    ("trained eps of a foreign arch", "experiments.demo.arch", "wrn28_10",
+     "experiments.demo.arch: 'wrn28_10' is not an architecture atlib trains"),
+    ("arch not a path name", "experiments.demo.arch", "wrn/28", "experiments.demo.arch"),
+    ("unknown source model kind", "source_models", {"m": {"kind": "hub"}}, "source_models.m.kind"),
+    ("bad declared sha256", "source_models", {"m": {"kind": "robustbench", "name": "Standard", "sha256": "abc"}},
+     "source_models.m.sha256"),
     ("bad transform", "datasets.fmnist59.transform", "swirl", "datasets.fmnist59.transform"),
     ("seeds not a list", "experiments.demo.seeds", 0, "experiments.demo.seeds"),
     ("invert_mix strength above 1", "datasets.mnist_inv", {"base": "mnist5k", "transform": "invert_mix",
@@ -228,7 +237,7 @@ def test_schema_has_only_known_keywords():
 
     known = {"type", "default", "description", "enum", "minimum", "maximum", "exclusiveMinimum", "items",
              "minItems", "properties", "additionalProperties", "required", "$ref", "minProperties", "title",
-             "$schema", "$defs"}
+             "$schema", "$defs", "pattern"}
     stray = []
 
     def walk(node, parent):
@@ -262,3 +271,42 @@ def test_demo_power_overlay_merges_into_a_valid_config():
     assert out["experiments"]["demo"]["targets"] == check_config(demo(), DATASETS)["experiments"]["demo"]["targets"]
     assert len([t for t in out["experiments"]["demo"]["targets"] if t != "fmnist04"]) == 17
     assert len(near_far(out, "demo")[1]) == 13 and near_far(out, "demo")[1][-1] == "mnist_blur_3"
+
+
+def with_import(entry: dict, arch: str = "resnet8", eps: str = "1") -> dict:
+    """The demo with experiment `demo` importing `entry` (source_models.m) at `eps`."""
+    cfg = demo()
+    cfg["source_models"] = {"m": entry}
+    cfg["experiments"]["demo"].update(arch=arch, pretrained={eps: "m"})
+    return cfg
+
+
+@pytest.mark.parametrize("entry,arch,expect", [
+    ({"kind": "robustness"}, "resnet8", "source_models.m.file: a robustness source model needs file"),
+    ({"kind": "robustness", "file": "m.pt"}, "wrn", "experiments.demo.pretrained.1: a robustness checkpoint "
+                                                    "loads into an atlib arch"),
+    ({"kind": "robustbench"}, "resnet8", "source_models.m.name: a robustbench source model needs name"),
+    ({"kind": "torchvision", "file": "w.pth"}, "resnet8", "source_models.m.arch: a torchvision source model"),
+    ({"kind": "timm", "arch": "resnet18"}, "resnet8", "source_models.m.file: a timm source model needs file"),
+    ({"kind": "torchvision", "arch": "resnet18", "allow_download": True}, "resnet8",
+     "source_models.m.weights: a torchvision source model needs weights"),
+])
+def test_source_model_entries_are_checked(entry, arch, expect):
+    with pytest.raises(ConfigError, match=re.escape(expect)):
+        check_config(with_import(entry, arch), DATASETS)
+
+
+def test_imported_foreign_arch_plans_and_missing_files_are_named(tmp_path):
+    from atlib.config import missing_source_files, pretrained_entry
+
+    entry = {"kind": "robustbench", "name": "Standard", "model_dir": str(tmp_path)}
+    cfg = with_import(entry, "wrn28_10")
+    cfg["experiments"]["demo"]["pretrained"]["0"] = "m"  # every eps imported: any arch name is fine
+    check_config(cfg, DATASETS)
+    assert pretrained_entry(cfg, cfg["experiments"]["demo"], 1.0)[0] == "m"
+    assert pretrained_entry(cfg, cfg["experiments"]["demo"], 2) is None
+    (msg,) = missing_source_files(cfg)
+    assert msg.startswith(f"{tmp_path}/cifar10/Linf/Standard.pt: weights of source_models.m") and \
+        "allow_download: true" in msg
+    cfg["source_models"]["m"]["allow_download"] = True
+    assert missing_source_files(cfg) == []

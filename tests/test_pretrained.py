@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from atlib.checkpoint import CheckpointError, load_model
+from atlib.data.store import sha256
 from atlib.models import build_model
 from atlib.pretrained import import_source, load_pretrained
 from atlib.train import HISTORY_COLUMNS
@@ -86,8 +87,8 @@ def test_import_source_writes_the_three_outputs(tiny_prepared: Path, tmp_path: P
     torch.save({"model": sd}, tmp_path / "madry.pt")
     out = tmp_path / "models" / "tiny" / "resnet8" / "eps1" / "s0"
     sched = {"evaluation": {"eps": [0.25], "steps": 2, "max_images": 10}}
-    metrics = import_source(tmp_path / "madry.pt", tiny_prepared, out, arch="resnet8", eps=1.0, seed=0,
-                            schedule=sched, threads=1)
+    metrics = import_source({"kind": "robustness", "file": str(tmp_path / "madry.pt")}, tiny_prepared, out,
+                            arch="resnet8", eps=1.0, seed=0, schedule=sched, threads=1)
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert set(metrics["pgd_acc"]) == {"0.25"} and metrics["epochs"] == 0 and metrics["eps"] == 1.0
     hist = pd.read_csv(out / "history.csv")
@@ -96,3 +97,5 @@ def test_import_source_writes_the_three_outputs(tiny_prepared: Path, tmp_path: P
     assert hist["test_adv_acc"].notna().all()  # PGD at the model's own eps, even if not evaluated
     model, meta = load_model(out / "model.pt")
     assert meta["pretrained"].endswith("madry.pt") and meta["width"] == 0.0625 and meta["in_channels"] == 1
+    assert meta["imported"] == {"kind": "robustness", "file": str(tmp_path / "madry.pt"),
+                                "sha256": sha256(tmp_path / "madry.pt")}

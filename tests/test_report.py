@@ -74,7 +74,8 @@ def write_tree(root: Path) -> dict:
                 _write(root / f"models/{path}/metrics.json", {
                     "natural_acc": 94.0 - 8 * eps + seed, "pgd_acc": {"0.5": 10 + 50 * eps, "1": 2 + 30 * eps},
                     "weight_norm": norm, "epochs": 3, "train_time_s": 1.0, "eps": float(eps),
-                    "source": "cifar10", "arch": arch, "seed": seed})
+                    "source": "cifar10", "arch": arch, "seed": seed, **(AUTOATTACK(eps, seed) if arch == "resnet50"
+                                                                        else {})})
                 _write(root / f"models/{path}/history.csv", pd.DataFrame({
                     "epoch": [1, 2, 3], "lr": 0.1, "train_loss": [2.0, 1.5, 1.0], "train_acc": 50.0,
                     "train_adv_acc": np.nan, "test_acc": 60.0, "test_adv_acc": np.nan,
@@ -134,6 +135,15 @@ def write_tree(root: Path) -> dict:
 
 
 GN_NATURAL, GN_LAMBDA1 = 99.0, 50.0
+
+
+def AUTOATTACK(eps: float, seed: int) -> dict:
+    """AutoAttack on 50 images at eps 1: PGD on the same images overstates by seed + 1 points (robust
+    models) and by 5 points for the standard ones."""
+    pgd = 40.0 if eps else 5.0
+    return {"autoattack_acc": {"1": pgd - (seed + 1 if eps else 5)}, "attack_of_record": "autoattack",
+            "autoattack": {"version": "custom", "attacks": ["apgd-ce", "apgd-t"], "n_images": 50, "eps": [1.0],
+                           "pgd_acc_same_images": {"1": pgd}, "cpu_s": 1.0}}
 
 
 @pytest.fixture
@@ -385,3 +395,18 @@ def test_ladder_table_and_findings_by_hand():
     assert table["gap_hi"].iloc[0] - table["gap"].iloc[0] == pytest.approx(2.4842, abs=1e-3)
     (finding,) = ladder_findings(table)
     assert "EMD rises (1 → 3)" in finding and "the gap rises (-2.00 → +4.00 points)" in finding
+
+
+def test_pgd_overstatement_against_autoattack_by_hand(report):
+    out, _ = report
+    t = pd.read_csv(out / "robustness.csv")
+    assert len(t) == 6 and set(t["attack_eps"]) == {1.0} and (t["n_images"] == 50).all()
+    robust = t[t["eps"] == 1].sort_values("seed")
+    assert robust["pgd_overstatement"].tolist() == [1.0, 2.0, 3.0]
+    assert robust["autoattack_acc"].tolist() == [39.0, 38.0, 37.0] and (robust["pgd_acc"] == 40).all()
+    text = (out / "robustness.md").read_text()
+    assert text.startswith("AutoAttack (custom: apgd-ce, apgd-t) against PGD on the same images: at eps 1 PGD "
+                           "overstated robust accuracy by 2.00 points on average (min 1.00, max 3.00; 3 models, "
+                           "at least 50 images each: one image is 2.0 points).")
+    assert text.splitlines()[0] in (out / "summary.md").read_text()
+    assert "autoattack_acc_1" in pd.read_csv(out / "sources.csv").columns

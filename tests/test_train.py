@@ -16,7 +16,8 @@ from atlib.checkpoint import load_model
 from atlib.config import ConfigError
 from atlib.train import HISTORY_COLUMNS, TrainingError, schedule_defaults, train_source, weight_norm
 
-METRIC_KEYS = {"natural_acc", "pgd_acc", "weight_norm", "epochs", "train_time_s", "eps", "source", "arch", "seed"}
+METRIC_KEYS = {"natural_acc", "pgd_acc", "attack_of_record", "weight_norm", "epochs", "train_time_s", "eps", "source",
+               "arch", "seed"}
 
 
 def tiny_schedule(**over) -> dict:

@@ -16,11 +16,12 @@ from atlib import resume
 from atlib.checkpoint import load_model, save_model
 from atlib.data import Arrays, write_prepared
 from atlib.models import build_model
-from atlib.transfer import (HISTORY_COLUMNS, TransferError, freeze_for_mode, new_head, set_train_mode,
-                            tail_forward, transfer, trunk_outputs, use_cache)
+from atlib.adapter import tail_split
+from atlib.transfer import (HISTORY_COLUMNS, TransferError, freeze_for_mode, new_head, set_train_mode, transfer,
+                            use_cache)
 
-METRIC_KEYS = {"top1", "pgd_acc", "mode", "target", "source_model", "eps", "seed", "epochs", "cached",
-               "train_time_s"}
+METRIC_KEYS = {"top1", "pgd_acc", "attack_of_record", "mode", "target", "source_model", "eps", "seed", "epochs",
+               "cached", "train_time_s"}
 KEY = "src/resnet8/eps1/s0"
 
 
@@ -137,12 +138,16 @@ def test_cached_tail_equals_full_forward(arch, train):
     new_head(model, 3)
     assert (model.last_block().downsample is None) == (arch == "resnet18")
     x = torch.rand(6, 3, 16, 16)
-    pre, ident = trunk_outputs(model.eval(), x)  # the cache is built in eval mode
+    split, why = tail_split(model, x[:2])
+    assert split is not None, why
+    model.eval()  # the cache is built in eval mode
+    parts = split.trunk(x)
+    assert len(parts) == 2  # the last BN's input and the shortcut
     if train:  # the last BN normalizes with batch statistics, as in training
         set_train_mode(model, 0, "train")
     with torch.no_grad():
         full = model(x)
-        tail = tail_forward(model, pre, ident)
+        tail = split.tail(parts)
     torch.testing.assert_close(tail, full, rtol=1e-5, atol=1e-5)
 
 

@@ -285,3 +285,25 @@ def test_killed_twice_then_rerun_equals_an_uninterrupted_run(tiny_run, tmp_path)
     assert set(got) <= set(ref), sorted(set(got) - set(ref))
     differ = [name for name in got if _content(ref[name]) != _content(got[name])]
     assert not differ, f"differ from the uninterrupted run: {differ}"
+
+
+def test_imported_zoo_model_plans_with_its_file_or_names_the_missing_one(tmp_path):
+    """An experiment importing a RobustBench model at every eps: its own arch name in the paths, the file at
+    RobustBench's layout declared as input; without the file, one message before any job."""
+    cfg = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
+    cfg["source_models"] = {"rb": {"kind": "robustbench", "name": "Standard", "model_dir": "zoo"}}
+    cfg["experiments"] = {"zoo": {"source": "src", "arch": "wrn28_10", "eps": [0, 1], "train": "tiny",
+                                  "pretrained": {"0": "rb", "1": "rb"}, "targets": ["near"], "finetune": "tiny"}}
+    (tmp_path / "zoo.yaml").write_text(yaml.safe_dump(cfg))
+    args = ("-n", "-d", str(tmp_path), "--configfile", str(tmp_path / "zoo.yaml"))
+    r = snakemake(*args)
+    assert r.returncode != 0 and "Traceback" not in r.stdout + r.stderr
+    assert "zoo/cifar10/Linf/Standard.pt: weights of source_models.rb" in r.stdout + r.stderr
+    (tmp_path / "zoo" / "cifar10" / "Linf").mkdir(parents=True)
+    (tmp_path / "zoo" / "cifar10" / "Linf" / "Standard.pt").write_bytes(b"staged")
+    r = snakemake(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert set(planned_outputs(r.stdout)["train_source"]) == {
+        f"results/models/src/wrn28_10/eps{e}/s0/{f}" for e in (0, 1)
+        for f in ("model.pt", "history.csv", "metrics.json")}
+    assert "zoo/cifar10/Linf/Standard.pt" in r.stdout

@@ -18,8 +18,9 @@ from .info import information_table, inversion_table
 from .ladders import ladder_figure, ladder_findings, ladder_table
 from .load import Results, expected_jobs, load_results
 from .paper import paper_comparison, write_paper_comparison
+from .robustness import robustness_finding, robustness_table
 from .stats import correlation_table, gap_frame, gap_summary
-from .tables import html_page, write_all_tables
+from .tables import html_page, markdown_table, write_all_tables
 
 __all__ = ["aggregate", "load_results", "expected_jobs", "Results", "check_claims", "paper_comparison",
            "correlation_table", "gap_frame", "gap_summary", "information_table", "inversion_table"]
@@ -65,7 +66,16 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
         "Every transfer: top-1 and PGD accuracy [%], with the EMD distance, domain similarity and OTDD-style "
         "distance of the target from the source.")
     add("Results", _tidy(out, "sources", res.sources, "Source models"),
-        "Every source model: natural and PGD accuracy [%] per test eps, weight norm, training time.")
+        "Every source model: natural and PGD accuracy [%] per test eps (and AutoAttack where evaluated), weight "
+        "norm, training time.")
+    robust = robustness_table(res)
+    if not robust.empty:
+        finding = robustness_finding(robust)
+        (out / "robustness.md").write_text(finding + "\n\n" + markdown_table(robust) + "\n")
+        add("Results", _tidy(out, "robustness", robust, "PGD vs AutoAttack", finding)[:1] + [out / "robustness.md",
+                                                                                           out / "robustness.html"],
+            "Robust accuracy of record: AutoAttack beside PGD on the same test images, per source model and "
+            "attacked eps, and PGD's overstatement (PGD - AutoAttack, points).")
 
     corr = correlation_table(res.transfers, res.distances, groups, int(rep["bootstrap"]))
     add("Results", _tidy(out, "correlations", corr, "Which distance predicts the gap",

@@ -169,6 +169,17 @@ def _pgd_cols(pgd: dict | None) -> dict:
     return {f"pgd_acc_{eps_str(float(e))}": float(v) for e, v in (pgd or {}).items()}
 
 
+def _autoattack_cols(m: dict) -> dict:
+    """AutoAttack accuracy per eps, PGD on the same images, the image count and the attacks, when it ran."""
+    aa = m.get("autoattack")
+    if not aa:
+        return {}
+    cols = {f"autoattack_acc_{eps_str(float(e))}": float(v) for e, v in m.get("autoattack_acc", {}).items()}
+    cols.update({f"pgd_same_images_{eps_str(float(e))}": float(v) for e, v in aa["pgd_acc_same_images"].items()})
+    return {**cols, "autoattack_n": aa["n_images"],
+            "autoattack_attacks": f"{aa['version']}: {', '.join(aa['attacks'])}"}
+
+
 def _frame(rows: list[dict], cols: list[str]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for c in cols:
@@ -184,7 +195,7 @@ def _source_row(rd: _Reader, key: ModelKey, cols: dict) -> dict:
     if m is not None:
         row.update(natural_acc=m.get("natural_acc", np.nan), weight_norm=m.get("weight_norm", np.nan),
                    epochs=m.get("epochs", np.nan), train_time_s=m.get("train_time_s", np.nan),
-                   **_pgd_cols(m.get("pgd_acc")))
+                   **_pgd_cols(m.get("pgd_acc")), **_autoattack_cols(m))
     else:
         row.update(natural_acc=np.nan, weight_norm=np.nan)
     return row

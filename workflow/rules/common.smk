@@ -1,5 +1,6 @@
 # Target lists, input functions and wildcard constraints shared by every rule file.
-from atlib.config import ModelKey, eps_str, iter_models, model_experiments, transfer_experiments
+from atlib.config import ModelKey, eps_str, iter_models, model_experiments, pretrained_entry, source_file
+from atlib.config import transfer_experiments
 from atlib.config import probe_of as config_probe_of
 
 RESULTS = config["results"]
@@ -12,14 +13,14 @@ wildcard_constraints:
     source=r"[A-Za-z0-9_\-]+",
     dataset=r"[A-Za-z0-9_\-]+",
     target=r"[A-Za-z0-9_\-]+",
-    arch=r"resnet[0-9]+(_imagenet)?",
+    arch=r"[A-Za-z0-9_]+",
     tag=r"eps|gn",
     eps=r"[0-9]+(\.[0-9]+)?",
     seed=r"[0-9]+",
     mode=r"[012]",
     method=r"plain|variational|effective",
     probe_source=r"[A-Za-z0-9_\-]+",
-    probe_arch=r"resnet[0-9]+(_imagenet)?",
+    probe_arch=r"[A-Za-z0-9_]+",
     probe_eps=r"[0-9]+(\.[0-9]+)?",
     probe_seed=r"[0-9]+",
 

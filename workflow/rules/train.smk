@@ -1,13 +1,18 @@
 # train_source: one source model per (source, arch, eps, seed), trained with the experiment's
-# train schedule, or imported from a published checkpoint (experiments.<name>.pretrained).
+# train schedule, or imported from a published model (experiments.<name>.pretrained names a
+# source_models entry).
 
 
-def pretrained_checkpoint(wc) -> str:
-    """The checkpoint configured for this model's eps, or "" to train it."""
-    for eps, path in experiment_of(wc)["pretrained"].items():
-        if float(eps) == float(wc.eps):
-            return path
-    return ""
+def pretrained_source(wc):
+    """(name, source_models entry) imported as this model, or None to train it."""
+    return pretrained_entry(config, experiment_of(wc), wc.eps)
+
+
+def pretrained_input(wc) -> list[str]:
+    """The weights file an import reads; none when the job may download it (allow_download)."""
+    got = pretrained_source(wc)
+    path = source_file(got[1]) if got else None
+    return [str(path)] if path is not None and (path.is_file() or not got[1]["allow_download"]) else []
 
 
 def train_seed(wc) -> int:
@@ -19,7 +24,7 @@ def train_seed(wc) -> int:
 rule train_source:
     input:
         data=lambda wc: f"{dataset_dir(wc.source)}/meta.json",
-        checkpoint=lambda wc: [pretrained_checkpoint(wc)] if pretrained_checkpoint(wc) else [],
+        checkpoint=pretrained_input,
     output:
         model=f"{RESULTS}/models/{MODEL_PATH}/model.pt",
         history=f"{RESULTS}/models/{MODEL_PATH}/history.csv",
@@ -27,7 +32,7 @@ rule train_source:
     params:
         width=lambda wc: experiment_of(wc)["width"],
         schedule=lambda wc: config["train_schedules"][experiment_of(wc)["train"]],
-        pretrained=pretrained_checkpoint,
+        pretrained=pretrained_source,
         rng_seed=train_seed,
         device=config["device"],
         tracking=config["tracking"],

@@ -22,7 +22,8 @@ def main(sm) -> None:
         data, out = Path(sm.input.data).parent, Path(sm.output.model).parent
         try:
             if p.pretrained:
-                import_source(p.pretrained, data, out, **common)
+                name, entry = p.pretrained
+                import_source(entry, data, out, where=f"source_models.{name}", **common)
             else:
                 train_source(data, out, width=p.width, world_size=p.schedule.get("world_size", 1),
                              on_epoch=lambda row: live.log_metrics(row, step=int(row["epoch"])), **common)
