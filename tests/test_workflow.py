@@ -53,8 +53,8 @@ def test_demo_dry_run(tmp_path):
     r = snakemake("-n", "--configfile", "config/demo.yaml", "--config", f"results={tmp_path}/results")
     assert r.returncode == 0, r.stderr[-3000:]
     counts = job_counts(r.stdout)
-    # eps 0 and 1 x 3 seeds, eps 4 and 8 (the sweep), Gaussian noise at eps 1 x 3 seeds
-    assert counts["train_source"] == 6 + 2 + 3
+    # eps 0 and 1 x 3 seeds, eps 8 (the sweep), Gaussian noise at eps 1 x 3 seeds
+    assert counts["train_source"] == 6 + 1 + 3
     # batch_jobs: one mode-0 job per model for 17 targets + the source as reference, one distance job
     batches = [rule for rule in counts if rule.startswith("transfer_mode0_")]
     assert len(batches) == 6 and "transfer" not in counts and counts["distances_fmnist04_resnet8_eps0_s0"] == 1
