@@ -235,8 +235,10 @@ def _library_net(entry: dict[str, Any], where: str) -> tuple[nn.Module, dict[str
     """A torchvision / timm architecture with the weights of the entry's file (a plain state_dict, or
     one saved by MadryLab's code, e.g. Salman et al.'s ImageNet models), and the file's normalizer."""
     path = source_file(entry)
-    if path is None or (not path.is_file() and entry["allow_download"]):
+    if (path is None or not path.is_file()) and entry["allow_download"]:
         path = _download(entry)
+    elif path is None:
+        raise CheckpointError(f"{where}.file: no weights file named and allow_download is false; name the file")
     state, norm = strip_wrappers(_unpack(read_weights(path), path))
     spec = {"library": entry["kind"], "arch": entry["arch"], "num_classes": 1000}
     try:
@@ -291,7 +293,10 @@ def _wrap(net: nn.Module, spec: dict[str, Any], entry: dict[str, Any], norm: tup
           path: Path) -> Adapted:
     """`Adapted(net)`, checked to give the owner's logits on random images."""
     try:
-        head, last_bn = (entry["head"], entry["last_bn"]) if entry.get("head") else find_head_and_last_bn(net)
+        head, last_bn = entry["head"], entry["last_bn"]
+        if head is None or last_bn is None:  # what is not declared is found by tracing
+            found = find_head_and_last_bn(net)
+            head, last_bn = head or found[0], last_bn or found[1]
         c = in_channels(net)
         probe = torch.rand(2, c, image_size, image_size, generator=torch.Generator().manual_seed(0))
         mean, std = torch.tensor(norm[0][:c]).view(1, -1, 1, 1), torch.tensor(norm[1][:c]).view(1, -1, 1, 1)

@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark in turn; each writes its JSON to benchmarks/results/.
 
-Usage: python benchmarks/run_all.py [name ...]   (names: adversarial_step, transfer_cache,
+Usage: python benchmarks/run_all.py [name ...]   (names: adversarial_step, autoattack, transfer_cache,
 fisher, distances, demo, inversion; default all, in that order: inversion reads the demo's curves).
 """
 
@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BENCHES = {
     "adversarial_step": [sys.executable, str(HERE / "bench_adversarial_step.py")],
+    "autoattack": [sys.executable, str(HERE / "bench_autoattack.py")],
     "transfer_cache": [sys.executable, str(HERE / "bench_transfer_cache.py")],
     "fisher": [sys.executable, str(HERE / "bench_fisher.py")],
     "distances": [sys.executable, str(HERE / "bench_distances.py")],

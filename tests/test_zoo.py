@@ -105,6 +105,8 @@ def test_torchvision_resnet18_gives_torchvision_logits(tmp_path):
     net, entry = owner_torchvision(tmp_path)
     model, prov = load_source(entry, "tv_resnet18", "source_models.tv")
     assert model.spec["last_bn"] == "layer4.1.bn2" and prov["arch"] == "resnet18"
+    declared, _ = load_source({**entry, "head": "fc"}, "tv_resnet18", "source_models.tv")
+    assert declared.spec["last_bn"] == "layer4.1.bn2"  # what is not declared is traced
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATION["imagenet"])
     with torch.no_grad():
         assert rel_diff(model(X), net((X - mean) / std)) < 1e-5
@@ -172,6 +174,12 @@ def test_missing_robustbench_file_is_not_downloaded(tmp_path, zoo):
                                               r"pre-staged .*allow_download: true"):
         load_source(entry, "a", "source_models.rb")
     assert not (tmp_path / "cifar10").exists()
+
+
+def test_no_file_and_no_download_is_refused():
+    with pytest.raises(CheckpointError, match=r"source_models\.tv\.file: no weights file named and allow_download "
+                                              r"is false"):
+        load_source(dict(kind="torchvision", arch="resnet18"), "a", "source_models.tv")
 
 
 def test_not_a_checkpoint_and_pickled_objects_are_refused(tmp_path):
