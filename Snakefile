@@ -24,8 +24,9 @@ try:
     check_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
-if missing_source_files(config):
-    raise WorkflowError("\n".join(missing_source_files(config)))
+missing = missing_source_files(config)
+if missing:
+    raise WorkflowError("\n".join(missing))
 validate(config, "workflow/schemas/config.schema.yaml")
 # Read by atlib.data.Prepared in every job, wherever the job opens a dataset.
 os.environ["ATLIB_VERIFY_DATA"] = "1" if config["verify_data"] else "0"

@@ -31,20 +31,20 @@ def extract(model, meta, job: dict) -> None:
                  len(fs.classes), feats.shape[1])
 
 
-def embed(model, meta, cache: str, data: str, seed: int, memo: dict):
+def embed(model, meta, cache: str, fs: FeatureSet, data: str, seed: int, memo: dict):
     """The Task2Vec embedding of one feature cache's dataset, once per job (the source is shared)."""
     if cache not in memo:
-        fs = FeatureSet.load(cache)
         memo[cache] = task_embedding(model, meta, fs.features, fs.labels, Path(data).parent, p.task2vec_images,
                                      seed, f"Task2Vec of {fs.dataset} under probe {p.probe}", pick_device(p.device))
     return memo[cache]
 
 
 def distance(model, meta, job: dict, memo: dict) -> None:
-    emb = (embed(model, meta, job["source"], job["source_data"], job["seed"], memo),
-           embed(model, meta, job["target"], job["target_data"], job["seed"], memo))
-    record = task_distance(FeatureSet.load(job["source"]), FeatureSet.load(job["target"]), gamma=p.gamma,
-                           pca_dim=p.pca_dim, max_points=p.otdd_points, seed=job["seed"], embeddings=emb)
+    source, target = FeatureSet.load(job["source"]), FeatureSet.load(job["target"])
+    emb = (embed(model, meta, job["source"], source, job["source_data"], job["seed"], memo),
+           embed(model, meta, job["target"], target, job["target_data"], job["seed"], memo))
+    record = task_distance(source, target, gamma=p.gamma, pca_dim=p.pca_dim, max_points=p.otdd_points,
+                           seed=job["seed"], embeddings=emb)
     write_json(record, job["out"])
     # Task2Vec also read the probe and both datasets' images.
     provenance.record([job["source"], job["target"], sm.input.model, job["source_data"], job["target_data"]],
