@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import offline  # noqa: F401  (registers the offline datasets)
+from .loading import load_batches, sample_images, split_data
 from .registry import REGISTRY, AcquireContext, Arrays, DatasetMissing, DatasetSpec, Index, get_spec
 from .store import DataIntegrityError, Prepared, TensorPairs, adapt, iterate, write_prepared
 
@@ -17,7 +18,8 @@ except ImportError as err:  # pragma: no cover - only while the module is absent
 
 __all__ = [
     "REGISTRY", "AcquireContext", "Arrays", "DataIntegrityError", "DatasetMissing", "DatasetSpec", "Index", "Prepared",
-    "TensorPairs", "adapt", "iterate", "get_spec", "prepare", "write_prepared",
+    "TensorPairs", "adapt", "iterate", "get_spec", "load_batches", "prepare", "sample_images", "split_data",
+    "write_prepared",
 ]
 
 
