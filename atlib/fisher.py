@@ -458,7 +458,8 @@ def fisher_report(model_path: str | Path, data_dir: str | Path, cfg_fisher: dict
     Returns:
         The summary dict (also written to summary.json).
     """
-    from .checkpoint import atomic_save, load_model
+    from .checkpoint import atomic_save, load_model, model_eps
+    from .data import sample_images
     from .runtime import pick_device
 
     out_dir = Path(out_dir)
