@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import eps_str
-from .runtime import eval_mode
+from .runtime import autocast, eval_mode, to_memory_format
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -259,8 +259,6 @@ def natural_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
                     device: torch.device = torch.device("cpu"), amp: bool = False,
                     channels_last: bool = False) -> int:
     """Number of correctly classified images (model in eval mode for the call)."""
-    from .runtime import autocast, to_memory_format
-
     correct = 0
     with eval_mode(model, True):
         for i in range(0, len(x), batch_size):
@@ -302,8 +300,6 @@ def evaluate(
     Returns:
         {"natural_acc": %, "pgd_acc": {"<eps>": %}}.
     """
-    from .runtime import autocast
-
     model = model.to(device)
     n = len(y)
     out = {"natural_acc": 100.0 * natural_correct(model, x, y, batch_size, device) / max(n, 1), "pgd_acc": {}}
