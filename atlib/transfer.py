@@ -454,8 +454,8 @@ def transfer(
     log.info("transfer %s -> %s, mode %d (%s), %d train / %d test images, %d epochs, %s, %s, bn_policy %s",
              key, prep.name, mode, MODES[mode], job.train.n, job.test.n, runner.epochs, dev,
              "bf16" if job.amp else "fp32", sched["bn_policy"])
-    if job.split is not None and runner.epoch < runner.epochs:  # rebuilt on resume too: the trunk gives the same
-        runner.elapsed += job.build_caches(log)
+    if job.split is not None and runner.epoch < runner.epochs:
+        runner.elapsed += job.build_caches(log)  # rebuilt on resume too: the frozen trunk gives the same outputs
     runner.run(job)
     eps = key_eps if key_eps is not None else float(meta.get("eps", float("nan")))
     metrics = _evaluate_and_write(job, runner, prep, meta, key, eps, seed, out_dir, save_model_to, log)
