@@ -32,6 +32,7 @@ import torch.fx as fx
 from torch import nn
 
 from .models import Normalize
+from .runtime import eval_mode
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 LIBRARIES = ("robustbench", "torchvision", "timm")
@@ -237,17 +238,11 @@ def tail_split(model: nn.Module, probe: torch.Tensor) -> tuple[TailSplit | None,
         split = _split_graph(model, name)
     except AdapterError as err:
         return None, str(err)
-    was = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            parts = split.trunk(probe)
-            if not all(torch.is_tensor(p) and p.dim() > 0 and p.shape[0] == len(probe) for p in parts):
-                return None, "the tail reads values that are not per-image tensors"
-            got, want = split.tail(parts).float(), model(probe).float()
-    finally:
-        for m, t in was:
-            m.training = t
+    with eval_mode(model), torch.no_grad():
+        parts = split.trunk(probe)
+        if not all(torch.is_tensor(p) and p.dim() > 0 and p.shape[0] == len(probe) for p in parts):
+            return None, "the tail reads values that are not per-image tensors"
+        got, want = split.tail(parts).float(), model(probe).float()
     if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
         return None, f"the traced tail differs from the model (max |diff| {float((got - want).abs().max()):.3g})"
     return split, ""

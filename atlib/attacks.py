@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import eps_str
+from .runtime import autocast, eval_mode, to_memory_format
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -117,25 +118,6 @@ def gaussian_noise(x: torch.Tensor, eps: float, generator: torch.Generator | Non
     return (x0 + noise).clamp_(0.0, 1.0)
 
 
-class _ModeGuard:
-    """Put BatchNorm (whole model) in eval mode for an attack; restore every module's mode after.
-
-    Restoring per module keeps mixed modes intact (e.g. fine-tuning with frozen BN layers).
-    """
-
-    def __init__(self, model: nn.Module, eval_mode: bool) -> None:
-        self.model, self.eval_mode = model, eval_mode
-
-    def __enter__(self) -> None:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        if self.eval_mode:
-            self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        for m, training in self.modes:
-            m.training = training
-
-
 def _ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="sum")
 
@@ -187,7 +169,7 @@ def pgd(
     attack = make_step(norm, eps, step_size if step_size is not None else 2.5 * eps / steps)
     x0 = x.detach()
     best, best_key = None, None
-    with _ModeGuard(model, bn_eval):
+    with eval_mode(model, bn_eval):
         for run in range(restarts):
             if clean_first and run == 0:
                 x_adv = x0.clone()
@@ -259,7 +241,7 @@ def trades_loss(
         reduction: "mean" (a scalar) or "none" (per-example losses, for DDP-exact averaging).
         return_logits: also return (clean logits, adversarial logits).
     """
-    with torch.no_grad(), _ModeGuard(model, bn_eval):
+    with torch.no_grad(), eval_mode(model, bn_eval):
         p_clean = F.softmax(model(x).float(), dim=1)
     x_init = (x.detach() + 0.001 * torch.randn_like(x)).clamp(0.0, 1.0)
     x_adv = pgd(model, x, p_clean, eps, steps, step_size, norm, bn_eval=bn_eval, loss_fn=_kl_sum,
@@ -277,10 +259,8 @@ def natural_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
                     device: torch.device = torch.device("cpu"), amp: bool = False,
                     channels_last: bool = False) -> int:
     """Number of correctly classified images (model in eval mode for the call)."""
-    from .runtime import autocast, to_memory_format
-
     correct = 0
-    with _ModeGuard(model, True):
+    with eval_mode(model, True):
         for i in range(0, len(x), batch_size):
             xb = to_memory_format(x[i:i + batch_size].to(device, non_blocking=True), channels_last)
             with autocast(device, amp):
@@ -320,8 +300,6 @@ def evaluate(
     Returns:
         {"natural_acc": %, "pgd_acc": {"<eps>": %}}.
     """
-    from .runtime import autocast
-
     model = model.to(device)
     n = len(y)
     out = {"natural_acc": 100.0 * natural_correct(model, x, y, batch_size, device) / max(n, 1), "pgd_acc": {}}

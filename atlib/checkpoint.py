@@ -76,5 +76,14 @@ def load_model(path: str | Path, expect_arch: str | None = None) -> tuple[ResNet
     return model.eval(), meta
 
 
+def model_eps(meta: dict[str, Any], eps: float | None) -> float:
+    """The training eps: given explicitly (the rule's wildcard) or from the checkpoint's meta."""
+    if eps is None:
+        eps = meta.get("eps")
+    if eps is None:
+        raise ValueError("the model's training eps is unknown: pass eps= (the checkpoint meta has none)")
+    return float(eps)
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)  # DDP / compiled wrappers

@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import jsonschema
 import yaml
@@ -383,3 +383,17 @@ def _check_near_far(exp: dict, where: str) -> None:
                                   f"(after ladder expansion): {exp['targets']}")
             if t in exp[other]:
                 raise ConfigError(f"config error at {key}: {t!r} is in both near and far")
+
+
+def schedule_defaults(schedule: dict[str, Any] | None, kind: str = "train_schedule") -> dict[str, Any]:
+    """A copy of `schedule` (a `kind` of the schema's $defs) with the schema's defaults filled in
+    (and validated)."""
+    full = load_schema()
+    sub = dict(full["$defs"][kind])
+    sub["$defs"] = full["$defs"]
+    out = json.loads(json.dumps(schedule or {}))
+    try:
+        validate_schema(out, sub)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("config error at", f"{kind} error at")) from None
+    return out

@@ -37,6 +37,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
+from . import representation
 from .data import Prepared, adapt
 from .task2vec import distance as task2vec_distance
 
@@ -46,7 +47,8 @@ from .task2vec import distance as task2vec_distance
 
 def extract_features(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256,
                      device: str | torch.device = "cpu", name: str = "probe") -> np.ndarray:
-    """Pooled representations `model.features(x)` as float32, in eval mode without gradients.
+    """Pooled representations `model.features(x)` as a float32 array
+    (`representation.extract_features`), after checking the probe has them.
 
     Args:
         model: a model with a `.features` method (atlib ResNets).
@@ -59,14 +61,10 @@ def extract_features(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 
         raise ValueError(f"probe {name}: model {type(model).__name__} has no .features(x) method; "
                          "task distances need an atlib ResNet (atlib.models.build_model)")
     device = torch.device(device)
-    model = model.to(device).eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            out.append(model.features(x[i:i + batch_size].to(device)).float().cpu())
-    if not out:
+    model = model.to(device).eval()  # and left in eval mode: the probe is only ever evaluated
+    if len(x) == 0:
         return np.zeros((0, getattr(model, "feature_dim", 0)), dtype=np.float32)
-    return torch.cat(out).numpy()
+    return representation.extract_features(model, x, batch_size, device).numpy()
 
 
 def _batches(data: Prepared, idx: np.ndarray, image_size: int, channels: int,

@@ -30,6 +30,9 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from tqdm import tqdm
 
+from .models import weight_norm
+from .runtime import eval_mode
+
 log = logging.getLogger("atlib")
 
 KINDS = ("true", "empirical")
@@ -39,19 +42,6 @@ KINDS = ("true", "empirical")
 # Diagonal Fisher of the weights
 # ---------------------------------------------------------------------------------------------
 
-class _EvalMode:
-    """Run a block with the model in eval mode (BN uses running stats), then restore its mode."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> nn.Module:
-        return self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.model.train(self.was_training)
-
-
 @torch.no_grad()
 def sample_labels(model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None,
                   chunk: int = 256) -> torch.Tensor:
@@ -59,7 +49,7 @@ def sample_labels(model: nn.Module, x: torch.Tensor, generator: torch.Generator 
 
     Sampled on the CPU with `generator`, so the labels do not depend on the device or chunk.
     """
-    with _EvalMode(model):
+    with eval_mode(model):
         probs = torch.cat([F.softmax(model(x[i:i + chunk]).float(), dim=1).cpu()
                            for i in range(0, len(x), chunk)])
     if not torch.isfinite(probs).all():
@@ -114,7 +104,7 @@ def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = 
         y = sample_labels(model, x, generator)
     per_chunk = _vmap_chunk(model) if method == "vmap" else _loop_chunk
     total = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
-    with _EvalMode(model):
+    with eval_mode(model):
         for i in tqdm(range(0, len(x), chunk), desc=f"fisher ({method})", disable=not progress, leave=False):
             for k, sq in per_chunk(model, x[i:i + chunk], y[i:i + chunk]).items():
                 total[k] += sq
@@ -312,7 +302,7 @@ def loss_under_noise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: 
             correct += (logits.argmax(1) == y[i:i + chunk]).sum().item()
         return loss / len(x), correct / len(x)
 
-    with _EvalMode(model):
+    with eval_mode(model):
         clean_loss, clean_acc = evaluate(params)
         noisy = []
         for _ in range(draws):
@@ -322,11 +312,6 @@ def loss_under_noise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: 
     return {"clean_loss": clean_loss, "clean_acc": clean_acc, "noisy_loss": [loss for loss, _ in noisy],
             "noisy_acc": [acc for _, acc in noisy], "loss_increase_draws": increases,
             "loss_increase": sum(increases) / draws}
-
-
-def weight_norm(model: nn.Module) -> float:
-    """||w||_2 over every parameter (the paper's Figure 5)."""
-    return float(torch.sqrt(sum(p.detach().double().pow(2).sum() for p in model.parameters())).item())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +334,7 @@ def top_eigenvalue(model: nn.Module, x: torch.Tensor, iters: int = 20,
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
-    with _EvalMode(model):
+    with eval_mode(model):
         x = x.detach()
         v = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
         v = v / _per_image_norm(v)
@@ -375,7 +360,7 @@ def hutchinson_trace(model: nn.Module, x: torch.Tensor, samples: int = 16,
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     total = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-    with _EvalMode(model):
+    with eval_mode(model):
         x = x.detach()
         for _ in range(samples):
             v = (torch.randint(0, 2, x.shape, generator=generator) * 2 - 1).to(x.device, x.dtype)
@@ -406,36 +391,6 @@ def input_fisher_summary(model: nn.Module, x: torch.Tensor, iters: int = 20, sam
 # ---------------------------------------------------------------------------------------------
 # The fisher rule
 # ---------------------------------------------------------------------------------------------
-
-def sample_images(data_dir: str | Path, split: str, n: int, image_size: int, channels: int,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random subset of n images of a prepared split, adapted to a model's input."""
-    from .data import Prepared, adapt
-    from .data.tensors import collate_pairs
-
-    data = Prepared(data_dir)
-    total = data.split_size(split)
-    if n > total:
-        log.warning("%s %s split has %d images; using all of them instead of %d", data.name, split, total, n)
-        n = total
-    idx = torch.randperm(total, generator=generator)[:n].sort().values
-    if data.meta["format"] == "arrays":  # index the uint8 array: never convert the whole split
-        images, labels = data.arrays(split)
-        x = torch.from_numpy(images[idx.numpy()]).permute(0, 3, 1, 2).float().div_(255)
-        return adapt(x, image_size, channels), torch.from_numpy(labels[idx.numpy()]).long()
-    ds = data.dataset(split, image_size, channels)
-    x, y = collate_pairs([ds[i] for i in idx.tolist()])
-    return x, torch.as_tensor(y, dtype=torch.int64)
-
-
-def model_eps(meta: dict, eps: float | None) -> float:
-    """The training eps: given explicitly (the rule's wildcard) or from the checkpoint's meta."""
-    if eps is None:
-        eps = meta.get("eps")
-    if eps is None:
-        raise ValueError("the model's training eps is unknown: pass eps= (the checkpoint meta has none)")
-    return float(eps)
-
 
 def weight_posterior(model: nn.Module, fisher: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                      budget: float, draws: int, generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -503,7 +458,8 @@ def fisher_report(model_path: str | Path, data_dir: str | Path, cfg_fisher: dict
     Returns:
         The summary dict (also written to summary.json).
     """
-    from .checkpoint import atomic_save, load_model
+    from .checkpoint import atomic_save, load_model, model_eps
+    from .data import sample_images
     from .runtime import pick_device
 
     out_dir = Path(out_dir)
@@ -533,7 +489,7 @@ def fisher_report(model_path: str | Path, data_dir: str | Path, cfg_fisher: dict
         "log_variance_mean": q["log_variance"]["mean"], "log_variance_per_layer": q["log_variance"]["per_layer"],
         "kl_total": q["kl"]["total"], "kl_per_layer": q["kl"]["per_layer"],
         "fisher_trace": float(sum(f.double().sum().item() for f in fisher.values())),
-        "weight_norm": weight_norm(model), "input_fisher": inp,
+        "weight_norm": weight_norm(model, torch.float64), "input_fisher": inp,
         "posterior": _posterior_summary(q, budget), "sweep": sweep,
     }
     atomic_save({"fisher": fisher, "sigma": q["sigma"], "beta": q["beta"], "prior_var": q["prior_var"],

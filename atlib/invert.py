@@ -29,13 +29,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 from tqdm import tqdm
+
+from .runtime import eval_mode
 
 log = logging.getLogger("atlib")
 
@@ -124,17 +126,10 @@ def invert(model: nn.Module, x_target: torch.Tensor, method: str = "plain", step
         "loss_per_step_image": array (steps + 1, N)}) with steps + 1 curve entries (step 0 = the
         start), the final clean loss of every image, and every image's clean loss at every step.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    if steps < 0 or lr <= 0 or sigma < 0:
-        raise ValueError(f"need steps >= 0, lr > 0, sigma >= 0; got steps={steps}, lr={lr}, sigma={sigma}")
+    _check_args(method, optimizer, steps, lr, sigma)
     check_input(x_target, input_shape)
     trunk = _Trunk(model, layer)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         params = {k: v.detach() for k, v in model.named_parameters()}
         buffers = {f"net.{k}": v.detach() for k, v in model.named_buffers()}
         stds = None if method == "plain" else _check_sigma(sigma_star, params, method)
@@ -150,44 +145,59 @@ def invert(model: nn.Module, x_target: torch.Tensor, method: str = "plain", step
         r = (0.5 + sigma * torch.randn(x_target.shape, generator=generator)).clamp_(0, 1)
         r = r.to(x_target.device, x_target.dtype).requires_grad_(True)
         noise = _noise(stds, params, generator) if method == "variational" else None
-        opt = torch.optim.Adam([r], lr=lr) if optimizer == "adam" else None
-        curve_clean, curve_noisy, per_step = [], [], []
-        perturbed = params
-        for _ in tqdm(range(steps), desc=f"invert {method}", disable=not progress, leave=False):
-            if method != "plain":
-                if method == "effective":
-                    noise = _noise(stds, params, generator)
-                perturbed = {k: params[k] + noise[k] for k in params}
-            per_image = dist(perturbed, r)
-            # Sum: every image gets the gradient of its own ||.||, whatever the batch size.
-            (g,) = torch.autograd.grad(per_image.sum(), r)
-            curve_noisy.append(per_image.mean().item())
-            if method == "plain":
-                clean = per_image.detach()
-            else:
-                with torch.no_grad():
-                    clean = dist(params, r)
-            curve_clean.append(clean.mean().item())
-            per_step.append(clean.cpu())
-            with torch.no_grad():
-                if opt is None:
-                    r -= lr * g
-                else:
-                    r.grad = g
-                    opt.step()
-                r.clamp_(0, 1)
-        with torch.no_grad():
-            final = dist(params, r)
-            curve_clean.append(final.mean().item())
-            per_step.append(final.cpu())
-            curve_noisy.append(dist(perturbed, r).mean().item() if method != "plain" else curve_clean[-1])
-    finally:
-        model.train(was_training)
-    if not np.isfinite(curve_clean).all() or not np.isfinite(curve_noisy).all():
+        curves = _descend(dist, params, r, method, stds, noise, steps, lr, optimizer, generator, progress)
+    if not np.isfinite(curves["loss"]).all() or not np.isfinite(curves["loss_noisy"]).all():
         raise ValueError("inversion loss became NaN/inf: lower lr, or check the model and Sigma*")
-    return r.detach(), {"loss": curve_clean, "loss_noisy": curve_noisy,
-                        "loss_per_image": final.cpu().tolist(),
-                        "loss_per_step_image": torch.stack(per_step).numpy()}
+    return r.detach(), curves
+
+
+def _check_args(method: str, optimizer: str, steps: int, lr: float, sigma: float) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if steps < 0 or lr <= 0 or sigma < 0:
+        raise ValueError(f"need steps >= 0, lr > 0, sigma >= 0; got steps={steps}, lr={lr}, sigma={sigma}")
+
+
+def _descend(dist: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor], params: dict[str, torch.Tensor],
+             r: torch.Tensor, method: str, stds: dict[str, torch.Tensor] | None,
+             noise: dict[str, torch.Tensor] | None, steps: int, lr: float, optimizer: str,
+             generator: torch.Generator | None, progress: bool) -> dict[str, Any]:
+    """`steps` updates of r (in place) on ||f(r) - z_bar|| under the method's weights; `invert`'s curves."""
+    opt = torch.optim.Adam([r], lr=lr) if optimizer == "adam" else None
+    curve_clean, curve_noisy, per_step = [], [], []
+    perturbed = params
+    for _ in tqdm(range(steps), desc=f"invert {method}", disable=not progress, leave=False):
+        if method != "plain":
+            if method == "effective":
+                noise = _noise(stds, params, generator)
+            perturbed = {k: params[k] + noise[k] for k in params}
+        per_image = dist(perturbed, r)
+        # Sum: every image gets the gradient of its own ||.||, whatever the batch size.
+        (g,) = torch.autograd.grad(per_image.sum(), r)
+        curve_noisy.append(per_image.mean().item())
+        if method == "plain":
+            clean = per_image.detach()
+        else:
+            with torch.no_grad():
+                clean = dist(params, r)
+        curve_clean.append(clean.mean().item())
+        per_step.append(clean.cpu())
+        with torch.no_grad():
+            if opt is None:
+                r -= lr * g
+            else:
+                r.grad = g
+                opt.step()
+            r.clamp_(0, 1)
+    with torch.no_grad():
+        final = dist(params, r)
+        curve_clean.append(final.mean().item())
+        per_step.append(final.cpu())
+        curve_noisy.append(dist(perturbed, r).mean().item() if method != "plain" else curve_clean[-1])
+    return {"loss": curve_clean, "loss_noisy": curve_noisy, "loss_per_image": final.cpu().tolist(),
+            "loss_per_step_image": torch.stack(per_step).numpy()}
 
 
 def steps_to_reach(curve: list[float] | np.ndarray, level: float) -> int | None:
@@ -378,8 +388,9 @@ def invert_report(model_path: str | Path, fisher_path: str | Path | None, data_d
     """
     import pandas as pd
 
-    from .checkpoint import load_model
-    from .fisher import load_fisher, model_eps, sample_images
+    from .checkpoint import load_model, model_eps
+    from .data import sample_images
+    from .fisher import load_fisher
     from .runtime import pick_device
 
     if method not in METHODS:

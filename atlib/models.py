@@ -230,3 +230,13 @@ def build_model(
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(sorted(ARCHS))}")
     mean, std = NORMALIZATION.get(normalization or "", ((0.5,) * 3, (0.5,) * 3))
     return ARCHS[arch](num_classes=num_classes, in_channels=in_channels, width=width, mean=mean, std=std)
+
+
+def weight_norm(model: nn.Module, dtype: torch.dtype = torch.float32) -> float:
+    """||w||_2 over every parameter (the paper's Figure 5), summed in `dtype`.
+
+    Training histories and source metrics sum in float32, the fisher summary in float64: each
+    keeps the precision its recorded numbers were computed in.
+    """
+    with torch.no_grad():
+        return float(torch.sqrt(sum(p.detach().to(dtype).pow(2).sum() for p in model.parameters())))

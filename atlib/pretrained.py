@@ -31,13 +31,13 @@ from torch import nn
 from . import resume
 from .adapter import Adapted, AdapterError, build_network, find_head_and_last_bn, import_robustbench, in_channels
 from .checkpoint import CheckpointError
-from .config import eps_str, source_file
-from .data import Prepared
+from .config import eps_str, schedule_defaults, source_file
+from .data import Prepared, split_data
 from .data.store import sha256
-from .models import NORMALIZATION, ResNet, build_model
+from .evaluation import evaluate_dataset, robust_metrics
+from .models import NORMALIZATION, ResNet, build_model, weight_norm
 from .runtime import pick_device, seed_everything, set_threads
-from .train import HISTORY_COLUMNS, evaluate_dataset, model_meta, robust_metrics, schedule_defaults, split_data, \
-    weight_norm, write_outputs
+from .train import HISTORY_COLUMNS, model_meta, write_outputs
 
 logger = logging.getLogger("atlib.pretrained")
 

@@ -16,18 +16,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from .runtime import eval_mode
+
 log = logging.getLogger("atlib")
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """z = model.features(x) in eval mode, batched; returned on the CPU as float32."""
-    was_training = model.training
-    model.eval()
-    try:
-        return torch.cat([model.features(x[i:i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
+def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """z = model.features(x) in eval mode (each module's mode restored after), batched; returned on
+    the CPU as float32. `device`: where each batch is moved first (None: where x is)."""
+    with eval_mode(model):
+        return torch.cat([model.features(x[i:i + batch_size] if device is None else x[i:i + batch_size].to(device))
+                          .float().cpu() for i in range(0, len(x), batch_size)])
 
 
 def class_separation(features: np.ndarray, labels: np.ndarray, k: int = 5, folds: int = 5,
@@ -115,9 +116,8 @@ def representation_report(model_path: str | Path, data_dir: str | Path, cfg_repr
     """
     import pandas as pd
 
-    from .checkpoint import load_model
-    from .data import Prepared
-    from .fisher import model_eps, sample_images
+    from .checkpoint import load_model, model_eps
+    from .data import Prepared, sample_images
     from .runtime import pick_device
 
     out_dir = Path(out_dir)

@@ -23,7 +23,7 @@ import torch
 from .checkpoint import CheckpointError, atomic_save, safe_load
 
 STATE_FILE = "state.pt"
-FORMAT = 1
+FORMAT = 2  # 2: atlib.epochs' layout (model, sums, one RNG state per rank); 1 is refused
 
 
 class Interrupted(RuntimeError):

@@ -28,6 +28,7 @@ from torch import nn
 from .attacks import evaluate
 from .checkpoint import CheckpointError, atomic_save, safe_load
 from .config import eps_str
+from .runtime import EVAL_BATCH, eval_mode
 
 logger = logging.getLogger("atlib.robust_eval")
 
@@ -103,10 +104,8 @@ def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eval
     x, y = x[:n], y[:n]
     fingerprint = json.dumps({"cfg": cfg, "n": n, "norm": norm, "seed": seed}, sort_keys=True)
     cpu0 = time.process_time()
-    was = [(m, m.training) for m in model.modules()]
-    model.eval()
     accs: dict[str, float] = {}
-    try:
+    with eval_mode(model):
         for eps in eps_list:
             path = Path(state_dir) / f"autoattack_eps{eps_str(eps)}.pt" if state_dir is not None else None
             done = _load_progress(path, fingerprint) if path is not None else {}
@@ -121,10 +120,8 @@ def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eval
             robust = torch.cat([done[i] for i in sorted(done)]) if done else torch.zeros(0, dtype=torch.bool)
             accs[eps_str(eps)] = 100.0 * float(robust.float().sum()) / max(n, 1)
             log.info("autoattack (%s) eps %g: %.2f%% robust on %d images", cfg["version"], eps, accs[eps_str(eps)], n)
-    finally:
-        for m, t in was:
-            m.training = t
-    pgd = evaluate(model, x, y, eps_list, evaluation["steps"], evaluation["restarts"], 256, device, None, norm)
+    pgd = evaluate(model, x, y, eps_list, evaluation["steps"], evaluation["restarts"], EVAL_BATCH, device, None,
+                   norm)
     return {"autoattack_acc": accs,
             "autoattack": {**describe(cfg, num_classes), "n_images": n, "eps": [float(e) for e in eps_list],
                            "pgd_acc_same_images": pgd["pgd_acc"], "cpu_s": round(time.process_time() - cpu0, 2)}}

@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from typing import Iterator
 
 import numpy as np
 import torch
+
+# Images per forward pass when evaluating (accuracy, attacks, feature caches).
+EVAL_BATCH = 256
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -40,3 +44,20 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module, enabled: bool = True) -> Iterator[torch.nn.Module]:
+    """Run a block with `model` in eval mode (BatchNorm on running statistics); on exit restore
+    every module's own mode, so mixed modes (fine-tuning with frozen BatchNorms) survive.
+
+    `enabled=False` leaves the modes as they are (and still restores them on exit).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    if enabled:
+        model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training

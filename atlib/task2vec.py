@@ -19,7 +19,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from .fisher import diagonal_fisher, sample_images
+from .data import sample_images
+from .fisher import diagonal_fisher
 
 
 class ProbeWithHead(nn.Module):

@@ -12,28 +12,26 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from . import distributed as ddp
 from . import resume
-from .attacks import _ModeGuard, evaluate, gaussian_noise, natural_correct, pgd, trades_loss
+from .attacks import evaluate, gaussian_noise, pgd, trades_loss
 from .augment import augment_batch
 from .checkpoint import save_model
-from .config import ConfigError, load_schema, validate_schema
-from .data import Prepared, TensorPairs
-from .data.tensors import collate_pairs
-from .models import NORMALIZATION, build_model
+from .config import schedule_defaults
+from .data import Prepared, TensorPairs, load_batches, split_data
+from .epochs import EpochRunner, Sums
+from .evaluation import accuracy, evaluate_dataset, robust_metrics
+from .models import NORMALIZATION, build_model, weight_norm
 from .optim import make_optimizer, make_scheduler
-from .runtime import autocast, pick_device, seed_everything, set_threads, to_memory_format
+from .runtime import EVAL_BATCH, autocast, eval_mode, pick_device, seed_everything, set_threads, to_memory_format
 
 logger = logging.getLogger("atlib.train")
 
@@ -47,30 +45,10 @@ HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "train_adv_acc", "t
 NATURAL_EVERY = 5
 # Images attacked per epoch for test_adv_acc (capped further by evaluation.max_images).
 EPOCH_ADV_IMAGES = 500
-EVAL_BATCH = 256
 
 
 class TrainingError(RuntimeError):
     """A training failure the user can act on (divergence, a failed DDP rank)."""
-
-
-def schedule_defaults(schedule: dict[str, Any] | None, kind: str = "train_schedule") -> dict[str, Any]:
-    """A copy of `schedule` with the config schema's defaults filled in (and validated)."""
-    full = load_schema()
-    sub = dict(full["$defs"][kind])
-    sub["$defs"] = full["$defs"]
-    out = json.loads(json.dumps(schedule or {}))
-    try:
-        validate_schema(out, sub)
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("config error at", f"{kind} error at")) from None
-    return out
-
-
-def weight_norm(model: nn.Module) -> float:
-    """L2 norm of all parameters (the paper's Figure 5)."""
-    with torch.no_grad():
-        return float(torch.sqrt(sum(p.detach().float().pow(2).sum() for p in model.parameters())))
 
 
 class Objective(nn.Module):
@@ -117,72 +95,6 @@ def train_step(objective: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor
     opt.zero_grad(set_to_none=True)
     (losses.sum() * loss_scale).backward()
     return losses, logits, nat_logits
-
-
-def split_data(prep: Prepared, split: str, limit: int | None = None):
-    """In-memory TensorPairs for array datasets; the file-backed dataset (first `limit`) otherwise."""
-    if prep.meta["format"] == "arrays":
-        x, y = prep.tensors(split, limit=limit)
-        return TensorPairs(x, y)
-    ds = prep.dataset(split)
-    if limit is not None and limit < len(ds):
-        ds = torch.utils.data.Subset(ds, range(limit))
-    return ds
-
-
-def load_batches(ds, batches: list[torch.Tensor], workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) for each index batch: direct indexing in memory, a DataLoader for files."""
-    if isinstance(ds, TensorPairs):
-        for idx in batches:
-            idx = idx.to(ds.x.device)
-            yield ds.x[idx], ds.y[idx]
-        return
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
-                                         collate_fn=collate_pairs, persistent_workers=False)
-    yield from loader
-
-
-def natural_accuracy(model: nn.Module, ds, device: torch.device, amp: bool = False, channels_last: bool = False,
-                     workers: int = 0) -> float:
-    """Accuracy (%) of `model` on a whole dataset, streamed in batches."""
-    n = len(ds)
-    if n == 0:
-        return float("nan")
-    correct = 0
-    batches = list(torch.arange(n).split(EVAL_BATCH))
-    for x, y in load_batches(ds, batches, workers):
-        correct += natural_correct(model, x, y.cpu(), EVAL_BATCH, device, amp, channels_last)
-    return 100.0 * correct / n
-
-
-def evaluate_dataset(model: nn.Module, ds, evaluation: dict[str, Any], device: torch.device, norm: str = "l2",
-                     workers: int = 0, seed: int = 0, state_dir: Path | None = None,
-                     log: logging.Logger = logger) -> dict:
-    """`attacks.evaluate` with a schedule's `evaluation` block on a dataset (natural on all
-    images, PGD on the first evaluation.max_images), without loading file-backed sets whole; with
-    evaluation.attack autoattack also `robust_eval.autoattack_accuracy` (seeded by `seed`, resumable
-    from `state_dir`). The result names the attack of record ("attack_of_record")."""
-    m = len(ds) if evaluation["max_images"] is None else min(evaluation["max_images"], len(ds))
-    aa = evaluation.get("attack", "pgd") == "autoattack"
-    m_aa = min(evaluation["autoattack"]["max_images"] or len(ds), len(ds)) if aa else 0
-    k = max(m, m_aa)
-    x, y = next(load_batches(ds, [torch.arange(k)], workers)) if k else (torch.empty(0), torch.empty(0))
-    out = evaluate(model, x[:m], y[:m].long(), evaluation["eps"], evaluation["steps"], evaluation["restarts"],
-                   EVAL_BATCH, device, None, norm)
-    if m < len(ds):  # natural accuracy on every test image, not only the attacked ones
-        out["natural_acc"] = natural_accuracy(model, ds, device, workers=workers)
-    if aa:
-        from .robust_eval import autoattack_accuracy
-
-        out.update(autoattack_accuracy(model, x, y.long(), evaluation, norm, device, model.fc.out_features, seed,
-                                       state_dir, log))
-    out["attack_of_record"] = "autoattack" if aa else "pgd"
-    return out
-
-
-def robust_metrics(ev: dict) -> dict:
-    """The evaluation's robustness entries for metrics.json: PGD, and AutoAttack when it ran."""
-    return {k: ev[k] for k in ("pgd_acc", "autoattack_acc", "autoattack", "attack_of_record") if k in ev}
 
 
 def model_meta(prep: Prepared, arch: str, width: float, eps: float, seed: int, **extra) -> dict[str, Any]:
@@ -303,6 +215,76 @@ def _train(env: ddp.DistEnv, *, data_dir: str, out_dir: str, arch: str, width: f
         ddp.shutdown()
 
 
+class _SourceJob:
+    """Source training as an `epochs.EpochJob`: one (DDP-sharded, augmented) batch per step, the
+    train/test accuracies and weight norm per epoch."""
+
+    SUMS = ("loss", "images", "correct", "nat_correct", "nat_images")
+
+    def __init__(self, env: ddp.DistEnv, dev: torch.device, net: nn.Module, objective: nn.Module,
+                 opt: torch.optim.Optimizer, sched: dict, eps: float, train, test, workers: int,
+                 gen: torch.Generator, what: str) -> None:
+        self.env, self.dev, self.net, self.objective, self.opt, self.sched = env, dev, net, objective, opt, sched
+        self.eps, self.train, self.test, self.workers, self.gen, self.what = eps, train, test, workers, gen, what
+        self.amp, self.cl = bool(sched["bf16"]), bool(sched["channels_last"])
+        n_adv = min(EPOCH_ADV_IMAGES, len(test), sched["evaluation"]["max_images"] or len(test))
+        self.adv = next(load_batches(test, [torch.arange(n_adv)], workers)) if eps > 0 else (None, None)
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return self.net.state_dict()
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(state)
+
+    def batches(self, perm: torch.Tensor) -> list[torch.Tensor]:
+        return [b for b in perm.split(int(self.sched["batch_size"])) if len(b) >= self.env.world_size]
+
+    def train_mode(self) -> None:
+        self.objective.train()
+
+    def step(self, gidx: torch.Tensor, index: int, sums: Sums, stop: str | None) -> tuple[torch.Tensor, bool]:
+        start, stop_ = ddp.shard_span(len(gidx), self.env)
+        x, y = next(load_batches(self.train, [gidx[start:stop_]], self.workers))
+        x = augment_batch(x, self.sched["augment"], self.gen, (start, len(gidx)))
+        x, y = to_memory_format(x.to(self.dev, non_blocking=True), self.cl), y.to(self.dev, non_blocking=True)
+        # DDP averages gradients over ranks: this scale makes it the global-batch mean.
+        losses, logits, nat_logits = train_step(self.objective, self.opt, x, y, self.dev, self.amp,
+                                                self.env.world_size / len(gidx))
+        if self.eps > 0 and nat_logits is None and index % NATURAL_EVERY == 0:
+            with torch.no_grad(), eval_mode(self.net), autocast(self.dev, self.amp):
+                nat_logits = self.net(x)
+        step = sums.pack(loss=float(losses.detach().sum()), images=len(y), correct=_correct(logits, y),
+                         nat_correct=_correct(nat_logits, y), nat_images=0 if nat_logits is None else len(y))
+        # one all-reduce for the sums and the stop flag: every rank stops at the same step
+        stats = torch.tensor(step + [1.0 if stop else 0.0], dtype=torch.float64, device=self.dev)
+        stats = ddp.all_reduce_sum(stats, self.env).cpu()
+        self.opt.step()
+        return stats[:-1], bool(stats[-1] > 0)
+
+    def end_epoch(self, sums: Sums) -> dict[str, float]:
+        adv = self.eps > 0
+        record = {"train_loss": float(sums["loss"] / sums["images"]),
+                  "train_acc": _pct(sums["nat_correct"] if adv else sums["correct"],
+                                    sums["nat_images"] if adv else sums["images"]),
+                  "train_adv_acc": _pct(sums["correct"], sums["images"]) if adv else float("nan")}
+        if self.env.is_main:
+            batches = list(torch.arange(len(self.test)).split(EVAL_BATCH))
+            record["test_acc"] = accuracy(self.net, load_batches(self.test, batches, self.workers), len(self.test),
+                                          self.dev, self.amp, self.cl)
+            record["test_adv_acc"] = float("nan")
+            if adv:
+                ev = evaluate(self.net, *self.adv, [self.eps], self.sched["evaluation"]["steps"], 1, EVAL_BATCH,
+                              self.dev, None, self.sched["attack"]["norm"], amp=self.amp)
+                record["test_adv_acc"] = next(iter(ev["pgd_acc"].values()))
+            record["weight_norm"] = weight_norm(self.net)
+        return record
+
+    def diverged(self, epoch: int, step: int, n_steps: int, loss: float) -> Exception:
+        return TrainingError(f"training diverged: non-finite loss ({loss}) at epoch {epoch + 1}, step {step + 1}/"
+                             f"{n_steps} of {self.what}. Lower the schedule's lr or check the data; no model was "
+                             "written.")
+
+
 def _train_loop(env: ddp.DistEnv, dev: torch.device, data_dir: Path, out_dir: Path, arch: str, width: float,
                 eps: float, seed: int, rng_seed: int, sched: dict, threads: int, stop_after_epoch: int | None,
                 log: logging.Logger, on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict:
@@ -318,135 +300,38 @@ def _train_loop(env: ddp.DistEnv, dev: torch.device, data_dir: Path, out_dir: Pa
         net = net.to(memory_format=torch.channels_last)
     objective = ddp.wrap_ddp(Objective(net, eps, sched), env, dev)
     opt = make_optimizer(net.parameters(), sched)
-    scheduler = make_scheduler(opt, sched)
-    amp, cl = bool(sched["bf16"]), bool(sched["channels_last"])
     workers = 0 if prep.meta["format"] == "arrays" else max(1, threads // env.world_size)
-
     train = split_data(prep, "train", sched["max_train"])
     test = split_data(prep, "test")
     if dev.type == "cuda" and isinstance(train, TensorPairs) and train.x.numel() * 4 < 4e9:
         train = TensorPairs(train.x.to(dev), train.y.to(dev))  # small sets live on the GPU
-    n_adv = min(EPOCH_ADV_IMAGES, len(test), sched["evaluation"]["max_images"] or len(test))
-    adv_x, adv_y = next(load_batches(test, [torch.arange(n_adv)], workers)) if eps > 0 else (None, None)
-
-    n, bs, epochs = len(train), int(sched["batch_size"]), int(sched["epochs"])
-    rdir = out_dir / "resume"
+    job = _SourceJob(env, dev, net, objective, opt, sched, eps, train, test, workers, gen, str(out_dir))
     fingerprint = {"arch": arch, "width": width, "eps": eps, "seed": seed, "rng_seed": rng_seed,
-                   "source": prep.name, "n_train": n,
+                   "source": prep.name, "n_train": len(train),
                    "data": json.dumps(prep.meta.get("sha256", {}), sort_keys=True),
                    # world_size is left out: a job may resume on another number of GPUs.
                    "schedule": json.dumps({k: v for k, v in sched.items() if k != "world_size"}, sort_keys=True)}
-    state = resume.load(rdir, fingerprint)
-    history: list[dict] = []
-    start_epoch, start_step, perm, acc, elapsed, epoch_time = 0, 0, None, torch.zeros(5, dtype=torch.float64), 0.0, 0.0
-    if state is not None:
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        scheduler.load_state_dict(state["sched"])
-        start_epoch, start_step, perm = state["epoch"], state["step"], state["perm"]
-        acc, history, elapsed, epoch_time = state["acc"], state["history"], state["elapsed"], state["epoch_time"]
-        rngs = state["rng"]
-        resume.restore_rng(rngs[env.rank] if env.rank < len(rngs) else rngs[0], gen)
-        if env.is_main:
-            log.info("resuming %s from epoch %d step %d (%s)", out_dir, start_epoch + 1, start_step, rdir)
-
-    def save_state(epoch: int, step: int) -> None:
-        rngs = ddp.gather_objects(resume.capture_rng(gen), env)
-        if env.is_main:
-            resume.save(rdir, {"net": net.state_dict(), "opt": opt.state_dict(),
-                               "sched": resume.scheduler_state(scheduler), "epoch": epoch, "step": step,
-                               "perm": perm, "acc": acc, "history": history, "elapsed": elapsed,
-                               "epoch_time": epoch_time, "rng": rngs}, fingerprint)
-        ddp.barrier(env)
-
+    runner = EpochRunner(out_dir, fingerprint, opt, make_scheduler(opt, sched), gen, int(sched["epochs"]),
+                         len(train), HISTORY_COLUMNS, _SourceJob.SUMS, log, env=env,
+                         checkpoint_every=sched["checkpoint_every"], show_loss_every=20, on_epoch=on_epoch,
+                         stop_after_epoch=stop_after_epoch)
+    runner.resume(job)
     if env.is_main:
         log.info("training %s %s width %g on %s (%d images, %d epochs, eps %g, %s, %s, %d rank(s))", arch,
-                 meta["objective"], width, prep.name, n, epochs, eps, dev, "bf16" if amp else "fp32", env.world_size)
-    with resume.GracefulExit() as stop:
-        for epoch in range(start_epoch, epochs):
-            t0 = time.time()
-            if start_step == 0:
-                perm = torch.randperm(n, generator=gen)
-                acc, epoch_time = torch.zeros(5, dtype=torch.float64), 0.0
-            batches = [b for b in perm.split(bs) if len(b) >= env.world_size]
-            lr = opt.param_groups[0]["lr"]
-            objective.train()
-            bar = tqdm(total=len(batches), initial=start_step, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                       disable=not env.is_main, mininterval=2.0)
-            for step in range(start_step, len(batches)):
-                gidx = batches[step]
-                start, stop_ = ddp.shard_span(len(gidx), env)
-                x, y = next(load_batches(train, [gidx[start:stop_]], workers))
-                x = augment_batch(x, sched["augment"], gen, (start, len(gidx)))
-                x, y = to_memory_format(x.to(dev, non_blocking=True), cl), y.to(dev, non_blocking=True)
-                # DDP averages gradients over ranks: this scale makes it the global-batch mean.
-                losses, logits, nat_logits = train_step(objective, opt, x, y, dev, amp, env.world_size / len(gidx))
-                if eps > 0 and nat_logits is None and step % NATURAL_EVERY == 0:
-                    with torch.no_grad(), _ModeGuard(net, True), autocast(dev, amp):
-                        nat_logits = net(x)
-                stats = torch.tensor([float(losses.detach().sum()), len(y), _correct(logits, y),
-                                      _correct(nat_logits, y), 0 if nat_logits is None else len(y),
-                                      1.0 if stop.requested else 0.0], dtype=torch.float64, device=dev)
-                stats = ddp.all_reduce_sum(stats, env).cpu()
-                if not math.isfinite(float(stats[0])):
-                    resume.clear(rdir)  # resuming would only diverge again
-                    raise TrainingError(
-                        f"training diverged: non-finite loss ({float(stats[0])}) at epoch {epoch + 1}, step "
-                        f"{step + 1}/{len(batches)} of {out_dir}. Lower the schedule's lr or check the data; "
-                        "no model was written.")
-                opt.step()
-                acc += stats[:5]
-                bar.update(1)
-                if env.is_main and step % 20 == 0:
-                    bar.set_postfix(loss=f"{acc[0] / acc[1]:.3f}")
-                if stats[5] > 0:  # a rank got SIGTERM/SIGUSR1: save mid-epoch and stop everywhere
-                    epoch_time += time.time() - t0
-                    elapsed += time.time() - t0
-                    save_state(epoch, step + 1)
-                    raise resume.Interrupted(
-                        f"{stop.requested or 'signal'}: stopped at epoch {epoch + 1} step {step + 1}; state saved in "
-                        f"{rdir}, rerun the job to resume")
-            bar.close()
-            start_step = 0
-            scheduler.step()
-            record = {"epoch": epoch + 1, "lr": lr, "train_loss": float(acc[0] / acc[1]),
-                      "train_acc": _pct(acc[3] if eps > 0 else acc[2], acc[4] if eps > 0 else acc[1]),
-                      "train_adv_acc": _pct(acc[2], acc[1]) if eps > 0 else float("nan")}
-            if env.is_main:
-                record["test_acc"] = natural_accuracy(net, test, dev, amp, cl, workers)
-                record["test_adv_acc"] = float("nan")
-                if eps > 0:
-                    ev = evaluate(net, adv_x, adv_y, [eps], sched["evaluation"]["steps"], 1, EVAL_BATCH, dev,
-                                  None, sched["attack"]["norm"], amp=amp)
-                    record["test_adv_acc"] = next(iter(ev["pgd_acc"].values()))
-                record["weight_norm"] = weight_norm(net)
-            epoch_time += time.time() - t0
-            elapsed += time.time() - t0
-            record["time_s"] = epoch_time
-            if env.is_main:
-                history.append({k: record.get(k, float("nan")) for k in HISTORY_COLUMNS})
-                log.info("epoch %d/%d " + " ".join(f"{k} %.4g" for k in HISTORY_COLUMNS[1:]), epoch + 1, epochs,
-                         *[history[-1][k] for k in HISTORY_COLUMNS[1:]])
-                if on_epoch is not None:
-                    on_epoch(history[-1])
-            last = epoch + 1 == epochs
-            hook = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
-            if last or hook or (epoch + 1) % sched["checkpoint_every"] == 0:
-                save_state(epoch + 1, 0)
-            if hook and not last:
-                raise resume.Interrupted(f"test hook: stopped after epoch {epoch + 1}; state saved in {rdir}")
-
+                 meta["objective"], width, prep.name, len(train), runner.epochs, eps, dev,
+                 "bf16" if job.amp else "fp32", env.world_size)
+    runner.run(job)
     metrics: dict[str, Any] = {}
     if env.is_main:
-        ev = evaluate_dataset(net, test, sched["evaluation"], dev, sched["attack"]["norm"], workers, rng_seed, rdir,
-                              log)
+        ev = evaluate_dataset(net, test, sched["evaluation"], dev, sched["attack"]["norm"], workers, rng_seed,
+                              runner.resume_dir, log)
         metrics = {"natural_acc": ev["natural_acc"], **robust_metrics(ev), "weight_norm": weight_norm(net),
-                   "epochs": epochs, "train_time_s": elapsed, "eps": eps, "source": prep.name, "arch": arch,
-                   "seed": seed}
-        write_outputs(out_dir, net, meta, history, metrics)
-        resume.clear(rdir)
+                   "epochs": runner.epochs, "train_time_s": runner.elapsed, "eps": eps, "source": prep.name,
+                   "arch": arch, "seed": seed}
+        write_outputs(out_dir, net, meta, runner.history, metrics)
+        runner.finish()
         log.info("done: natural %.2f%%, pgd %s, autoattack %s, %.1f s", metrics["natural_acc"], metrics["pgd_acc"],
-                 metrics.get("autoattack_acc", "not run"), elapsed)
+                 metrics.get("autoattack_acc", "not run"), runner.elapsed)
     ddp.barrier(env)
     return ddp.broadcast_object(metrics, env)
 

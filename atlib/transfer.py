@@ -22,36 +22,34 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import resume
 from .adapter import TailSplit, tail_split
-from .attacks import _ModeGuard, evaluate, natural_correct
 from .augment import augment_batch, is_random
 from .checkpoint import CheckpointError, load_model, save_model
-from .data import DataIntegrityError, Prepared, adapt
+from .config import schedule_defaults
+from .data import DataIntegrityError, Prepared, adapt, load_batches, split_data
 from .data.store import sha256
+from .epochs import EpochRunner, Sums
+from .evaluation import accuracy, evaluate_head, robust_metrics
 from .models import ResNet
 from .optim import make_optimizer, make_scheduler
-from .runtime import autocast, pick_device, seed_everything, set_threads, to_memory_format
-from .train import load_batches, robust_metrics, schedule_defaults, split_data
+from .runtime import EVAL_BATCH, autocast, eval_mode, pick_device, seed_everything, set_threads, to_memory_format
 
 logger = logging.getLogger("atlib.transfer")
 
 MODES = {0: "head + last BatchNorm", 1: "head + every BatchNorm", 2: "whole network"}
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_top1", "time_s")
-EVAL_BATCH = 256
 CHECK_EVERY = 50  # steps between finiteness checks of the loss (each one syncs a GPU)
 # atlib.config.ModelKey.path: tag "eps" (standard, adversarial) or "gn" (Gaussian-noise training).
 _MODEL_KEY = re.compile(r"^(?P<source>[^/]+)/(?P<arch>[^/]+)/(?P<tag>eps|gn)(?P<eps>[0-9.]+)/s(?P<seed>[0-9]+)$")
@@ -146,7 +144,7 @@ class TailCache:
 def cache_nbytes(model: nn.Module, split: TailSplit, x: torch.Tensor, n: int, device: torch.device, bf16: bool,
                  channels_last: bool) -> int:
     """Bytes a cache of `n` images like `x` (one adapted image or more) will take."""
-    with _ModeGuard(model, True), autocast(device, bf16):
+    with eval_mode(model), autocast(device, bf16):
         parts = split.trunk(to_memory_format(x[:1].to(device), channels_last))
     return n * sum(t.element_size() * t[0].nelement() for t in parts)
 
@@ -161,7 +159,7 @@ def build_cache(model: nn.Module, split: TailSplit, data: "Split", device: torch
     """
     parts: list[torch.Tensor] | None = None
     ys = torch.empty(data.n, dtype=torch.int64)
-    with _ModeGuard(model, True):
+    with eval_mode(model):
         for idx in tqdm(torch.arange(data.n).split(EVAL_BATCH), desc=desc, leave=False, mininterval=2.0):
             x, y = data.batch(idx, device, channels_last)
             with autocast(device, bf16):
@@ -218,19 +216,15 @@ class Split:
             x = augment_batch(x, augment, generator)
         return to_memory_format(x, channels_last), y.to(device, non_blocking=True)
 
+    def batches(self, device: torch.device, channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole split in order, EVAL_BATCH images at a time (what accuracies stream)."""
+        for idx in torch.arange(self.n).split(EVAL_BATCH):
+            yield self.batch(idx, device, channels_last)
+
     def head(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `m` images, adapted, on the CPU (what the PGD evaluation attacks)."""
         xs, ys = zip(*(self.batch(idx, torch.device("cpu"), False) for idx in torch.arange(m).split(EVAL_BATCH)))
         return torch.cat(xs), torch.cat(ys).long()
-
-
-def split_accuracy(model: ResNet, data: Split, device: torch.device, bf16: bool, channels_last: bool) -> float:
-    """Top-1 (%) of the full model on a whole split (eval mode for the call)."""
-    correct = 0
-    for idx in torch.arange(data.n).split(EVAL_BATCH):
-        x, y = data.batch(idx, device, channels_last)
-        correct += natural_correct(model, x, y.cpu(), EVAL_BATCH, device, bf16, channels_last)
-    return 100.0 * correct / data.n
 
 
 @torch.no_grad()
@@ -238,7 +232,7 @@ def cache_accuracy(model: nn.Module, split: TailSplit, cache: TailCache, device:
                    channels_last: bool = False) -> float:
     """Top-1 (%) of the tail on cached trunk outputs (eval mode for the call)."""
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    with _ModeGuard(model, True):
+    with eval_mode(model):
         for idx in torch.arange(len(cache.y)).split(EVAL_BATCH):
             parts, y = cache.batch(idx, device, channels_last)
             with autocast(device, bf16):
@@ -319,6 +313,82 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class _TransferJob:
+    """Fine-tuning as an `epochs.EpochJob`: the trained modules' state, one batch per step (through
+    the mode-0 cache when there is one), top-1 on the target's test split per epoch."""
+
+    SUMS = ("loss", "images", "correct")
+
+    def __init__(self, model: ResNet, mode: int, sched: dict[str, Any], opt: torch.optim.Optimizer, train: Split,
+                 test: Split, gen: torch.Generator, dev: torch.device, split: TailSplit | None, what: str,
+                 rdir: Path) -> None:
+        self.model, self.mode, self.sched, self.opt, self.train, self.test = model, mode, sched, opt, train, test
+        self.gen, self.dev, self.split, self.what, self.rdir = gen, dev, split, what, rdir
+        self.amp, self.cl = bool(sched["bf16"]), bool(sched["channels_last"])
+        self.train_cache: TailCache | None = None
+        self.test_cache: TailCache | None = None
+
+    def build_caches(self, log: logging.Logger) -> float:
+        """The mode-0 caches of both splits (on the GPU when they fit in half its free memory); seconds taken."""
+        t0 = time.time()
+        train = build_cache(self.model, self.split, self.train, self.dev, self.amp, self.cl, "cache train")
+        test = build_cache(self.model, self.split, self.test, self.dev, self.amp, self.cl, "cache test")
+        nbytes = train.nbytes + test.nbytes
+        if self.dev.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(self.dev)[0]:
+            train, test = train.to(self.dev), test.to(self.dev)  # no host->device copy per step
+        self.train_cache, self.test_cache = train, test
+        build_s = time.time() - t0
+        log.info("mode-0 cache: %d bytes (%.1f MB) on %s, built in %.2f s", nbytes, nbytes / 2**20, train.y.device,
+                 build_s)
+        return build_s
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return trained_state(self.model, self.mode)
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        loaded = self.model.load_state_dict(state, strict=False)  # the frozen rest: the source model's
+        if loaded.unexpected_keys or set(state) != set(trained_state(self.model, self.mode)):
+            raise CheckpointError(f"{self.rdir}: resume state does not match mode {self.mode}; delete it to start "
+                                  "over")
+
+    def batches(self, perm: torch.Tensor) -> list[torch.Tensor]:
+        return list(perm.split(int(self.sched["batch_size"])))
+
+    def train_mode(self) -> None:
+        set_train_mode(self.model, self.mode, self.sched["bn_policy"])
+
+    def step(self, idx: torch.Tensor, index: int, sums: Sums, stop: str | None) -> tuple[torch.Tensor, bool]:
+        with autocast(self.dev, self.amp):
+            if self.train_cache is not None:
+                parts, y = self.train_cache.batch(idx, self.dev, self.cl)
+                logits = self.split.tail(parts)
+            else:
+                x, y = self.train.batch(idx, self.dev, self.cl, self.sched["augment"], self.gen)
+                logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        # Summed on the device: the runner checks them (one sync) every CHECK_EVERY steps, not every step.
+        step = torch.stack(sums.pack(loss=loss.detach().double() * len(y),
+                                     images=torch.tensor(len(y), device=self.dev).double(),
+                                     correct=(logits.detach().argmax(1) == y).sum().double()))
+        return step, stop is not None
+
+    def end_epoch(self, sums: Sums) -> dict[str, float]:
+        if self.test_cache is not None:
+            top1 = cache_accuracy(self.model, self.split, self.test_cache, self.dev, self.amp, self.cl)
+        else:
+            top1 = accuracy(self.model, self.test.batches(self.dev, self.cl), self.test.n, self.dev, self.amp,
+                            self.cl)
+        return {"train_loss": float(sums["loss"] / sums["images"]),
+                "train_acc": 100.0 * float(sums["correct"] / sums["images"]), "test_top1": top1}
+
+    def diverged(self, epoch: int, step: int, n_steps: int, loss: float) -> Exception:
+        return TransferError(f"transfer {self.what} diverged: non-finite loss in epoch {epoch + 1} by step "
+                             f"{step + 1}; lower the finetune schedule's lr. No outputs were written.")
+
+
 def transfer(
     model_path: str | Path,
     target_dir: str | Path,
@@ -378,159 +448,72 @@ def transfer(
     out_dir = Path(out_dir)
     key, key_arch, key_eps = parse_model_key(model_path, model_key)
     prep, model, meta = _load_inputs(model_path, target_dir, key, arch or key_arch, mode)
-    target = prep.name
+    job, runner = _prepare(model, prep, meta, key, mode, sched, seed, dev, threads, out_dir, log, on_epoch,
+                           _stop_after_epoch, sha256(Path(model_path)))
+    runner.resume(job)
+    log.info("transfer %s -> %s, mode %d (%s), %d train / %d test images, %d epochs, %s, %s, bn_policy %s",
+             key, prep.name, mode, MODES[mode], job.train.n, job.test.n, runner.epochs, dev,
+             "bf16" if job.amp else "fp32", sched["bn_policy"])
+    if job.split is not None and runner.epoch < runner.epochs:
+        runner.elapsed += job.build_caches(log)  # rebuilt on resume too: the frozen trunk gives the same outputs
+    runner.run(job)
     eps = key_eps if key_eps is not None else float(meta.get("eps", float("nan")))
-    amp, cl = bool(sched["bf16"]), bool(sched["channels_last"])
-    bs, epochs = int(sched["batch_size"]), int(sched["epochs"])
+    metrics = _evaluate_and_write(job, runner, prep, meta, key, eps, seed, out_dir, save_model_to, log)
+    runner.finish()
+    return metrics
+
+
+def _prepare(model: ResNet, prep: Prepared, meta: dict[str, Any], key: str, mode: int, sched: dict[str, Any],
+             seed: int, dev: torch.device, threads: int, out_dir: Path, log: logging.Logger,
+             on_epoch: Callable[[dict[str, float]], None] | None, stop_after_epoch: int | None,
+             model_sha256: str) -> tuple[_TransferJob, EpochRunner]:
+    """The seeded new head, the frozen model, its optimizer, the splits, the cache decision and the runner."""
     workers = 0 if prep.meta["format"] == "arrays" else max(1, threads)
     size, chans = int(meta["image_size"]), int(meta["in_channels"])
     train = Split(prep, "train", size, chans, sched["max_train"], workers)
     test = Split(prep, "test", size, chans, None, workers)
-
     gen = seed_everything(seed)
     new_head(model, prep.num_classes)
     params = freeze_for_mode(model, mode)
     model.to(dev)
-    if cl:
+    if sched["channels_last"]:
         model.to(memory_format=torch.channels_last)
     opt = make_optimizer(params, sched)
     scheduler = make_scheduler(opt, sched)
-
-    split = _cache_split(model, train, test.n, sched, dev, f"{key} on {target}", log) if use_cache(mode, sched) \
-        else None
-    cached = split is not None
-
-    rdir = out_dir / "resume"
-    fingerprint = {"model": key, "model_sha256": sha256(Path(model_path)), "target": target, "mode": mode,
-                   "seed": seed, "cached": cached, "n_train": train.n,
+    what = f"{key} -> {prep.name} mode {mode}"
+    split = _cache_split(model, train, test.n, sched, dev, f"{key} on {prep.name}", log) \
+        if use_cache(mode, sched) else None
+    job = _TransferJob(model, mode, sched, opt, train, test, gen, dev, split, what, out_dir / "resume")
+    fingerprint = {"model": key, "model_sha256": model_sha256, "target": prep.name, "mode": mode,
+                   "seed": seed, "cached": split is not None, "n_train": train.n,
                    "data": json.dumps(prep.meta.get("sha256", {}), sort_keys=True),
                    "schedule": json.dumps(sched, sort_keys=True)}
-    state = resume.load(rdir, fingerprint)
-    history: list[dict[str, float]] = []
-    start_epoch, start_step, perm, elapsed, epoch_time = 0, 0, None, 0.0, 0.0
-    acc = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, images, correct
-    if state is not None:
-        loaded = model.load_state_dict(state["model"], strict=False)  # the frozen rest: the source model's
-        if loaded.unexpected_keys or set(state["model"]) != set(trained_state(model, mode)):
-            raise CheckpointError(f"{rdir}: resume state does not match mode {mode}; delete it to start over")
-        opt.load_state_dict(state["opt"])
-        scheduler.load_state_dict(state["sched"])
-        start_epoch, start_step, perm, acc = state["epoch"], state["step"], state["perm"], state["acc"].to(dev)
-        history, elapsed, epoch_time = state["history"], state["elapsed"], state["epoch_time"]
-        resume.restore_rng(state["rng"], gen)
-        log.info("resuming %s from epoch %d step %d (%s)", out_dir, start_epoch + 1, start_step, rdir)
+    runner = EpochRunner(out_dir, fingerprint, opt, scheduler, gen, int(sched["epochs"]), train.n, HISTORY_COLUMNS,
+                         _TransferJob.SUMS, log, sums_device=dev, check_every=CHECK_EVERY,
+                         desc=f"{prep.name} mode {mode} ", on_epoch=on_epoch, stop_after_epoch=stop_after_epoch)
+    return job, runner
 
-    def save_state(epoch: int, step: int) -> None:
-        resume.save(rdir, {"model": trained_state(model, mode), "opt": opt.state_dict(),
-                           "sched": resume.scheduler_state(scheduler), "epoch": epoch, "step": step,
-                           "perm": perm, "acc": acc.cpu(), "history": history, "elapsed": elapsed,
-                           "epoch_time": epoch_time, "rng": resume.capture_rng(gen)}, fingerprint)
 
-    log.info("transfer %s -> %s, mode %d (%s), %d train / %d test images, %d epochs, %s, %s, bn_policy %s",
-             key, target, mode, MODES[mode], train.n, test.n, epochs, dev, "bf16" if amp else "fp32",
-             sched["bn_policy"])
-    train_cache = test_cache = None
-    if cached and start_epoch < epochs:  # rebuilt on resume too: the frozen trunk gives the same outputs
-        t0 = time.time()
-        train_cache = build_cache(model, split, train, dev, amp, cl, "cache train")
-        test_cache = build_cache(model, split, test, dev, amp, cl, "cache test")
-        nbytes = train_cache.nbytes + test_cache.nbytes
-        if dev.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(dev)[0]:
-            train_cache, test_cache = train_cache.to(dev), test_cache.to(dev)  # no host->device copy per step
-        build_s = time.time() - t0
-        elapsed += build_s
-        log.info("mode-0 cache: %d bytes (%.1f MB) on %s, built in %.2f s", nbytes, nbytes / 2**20,
-                 train_cache.y.device, build_s)
-
-    def check_finite(epoch: int, step: int) -> None:
-        if not math.isfinite(float(acc[0])):
-            resume.clear(rdir)  # resuming would only diverge again
-            raise TransferError(f"transfer {key} -> {target} mode {mode} diverged: non-finite loss in epoch "
-                                f"{epoch + 1} by step {step + 1}; lower the finetune schedule's lr. No outputs were "
-                                "written.")
-
-    def forward(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if train_cache is not None:
-            parts, y = train_cache.batch(idx, dev, cl)
-            return split.tail(parts), y
-        x, y = train.batch(idx, dev, cl, sched["augment"], gen)
-        return model(x), y
-
-    with resume.GracefulExit() as stop:
-        for epoch in range(start_epoch, epochs):
-            t0 = time.time()
-            if start_step == 0:
-                perm = torch.randperm(train.n, generator=gen)
-                acc, epoch_time = torch.zeros(3, dtype=torch.float64, device=dev), 0.0
-            batches = list(perm.split(bs))
-            lr = opt.param_groups[0]["lr"]
-            set_train_mode(model, mode, sched["bn_policy"])
-            bar = tqdm(total=len(batches), initial=start_step, desc=f"{target} mode {mode} epoch {epoch + 1}/{epochs}",
-                       leave=False, mininterval=2.0)
-            for step in range(start_step, len(batches)):
-                with autocast(dev, amp):
-                    logits, y = forward(batches[step])
-                loss = F.cross_entropy(logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                # Summed on the device; checked (one sync) every CHECK_EVERY steps, not every step.
-                acc += torch.stack([loss.detach().double() * len(y), torch.tensor(len(y), device=dev).double(),
-                                    (logits.detach().argmax(1) == y).sum().double()])
-                bar.update(1)
-                if step % CHECK_EVERY == 0 or step + 1 == len(batches) or stop.requested:
-                    check_finite(epoch, step)
-                if stop.requested:  # SIGTERM/SIGUSR1: save mid-epoch and exit for a retry
-                    epoch_time += time.time() - t0
-                    elapsed += time.time() - t0
-                    save_state(epoch, step + 1)
-                    raise resume.Interrupted(f"{stop.requested}: stopped at epoch {epoch + 1} step {step + 1}; "
-                                             f"state saved in {rdir}, rerun the job to resume")
-            bar.close()
-            start_step = 0
-            scheduler.step()
-            if test_cache is not None:
-                top1 = cache_accuracy(model, split, test_cache, dev, amp, cl)
-            else:
-                top1 = split_accuracy(model, test, dev, amp, cl)
-            epoch_time += time.time() - t0
-            elapsed += time.time() - t0
-            history.append({"epoch": epoch + 1, "lr": lr, "train_loss": float(acc[0] / acc[1]),
-                            "train_acc": 100.0 * float(acc[2] / acc[1]), "test_top1": top1, "time_s": epoch_time})
-            log.info("epoch %d/%d " + " ".join(f"{k} %.4g" for k in HISTORY_COLUMNS[1:]), epoch + 1, epochs,
-                     *[history[-1][k] for k in HISTORY_COLUMNS[1:]])
-            if on_epoch is not None:
-                on_epoch(history[-1])
-            last = epoch + 1 == epochs
-            hook = _stop_after_epoch is not None and epoch + 1 >= _stop_after_epoch
-            save_state(epoch + 1, 0)
-            if hook and not last:
-                raise resume.Interrupted(f"test hook: stopped after epoch {epoch + 1}; state saved in {rdir}")
-
-    ev_cfg = sched["evaluation"]
-    m = test.n if ev_cfg["max_images"] is None else min(ev_cfg["max_images"], test.n)
-    x_adv, y_adv = test.head(m)
-    ev = evaluate(model, x_adv, y_adv, ev_cfg["eps"], ev_cfg["steps"], ev_cfg["restarts"], EVAL_BATCH, dev,
-                  None, "l2")
-    ev["attack_of_record"] = ev_cfg["attack"]
-    if ev_cfg["attack"] == "autoattack":  # Lemma 5.1 with the field's attack, resumable from rdir
-        from .robust_eval import autoattack_accuracy
-
-        n_aa = test.n if ev_cfg["autoattack"]["max_images"] is None else min(ev_cfg["autoattack"]["max_images"],
-                                                                             test.n)
-        ev.update(autoattack_accuracy(model, *test.head(n_aa), ev_cfg, "l2", dev, prep.num_classes, seed, rdir, log))
-    top1 = split_accuracy(model, test, dev, amp, cl)
-    metrics = {"top1": top1, **robust_metrics(ev), "mode": mode, "target": target, "source_model": key,
-               "eps": eps, "seed": seed, "epochs": epochs, "cached": cached, "train_time_s": elapsed}
+def _evaluate_and_write(job: _TransferJob, runner: EpochRunner, prep: Prepared, meta: dict[str, Any], key: str,
+                        eps: float, seed: int, out_dir: Path, save_model_to: str | Path | None,
+                        log: logging.Logger) -> dict[str, Any]:
+    """Top-1 and PGD (and AutoAttack) of the transferred model on the target's test split (Lemma 5.1:
+    a robust backbone gives a robust transferred model), then history.csv, metrics.json (and the model)."""
+    model, test, dev, mode = job.model, job.test, job.dev, job.mode
+    ev = evaluate_head(model, test.head, test.n, job.sched["evaluation"], dev, "l2", seed, runner.resume_dir, log)
+    top1 = accuracy(model, test.batches(dev, job.cl), test.n, dev, job.amp, job.cl)
+    cached = job.split is not None
+    metrics = {"top1": top1, **robust_metrics(ev), "mode": mode, "target": prep.name, "source_model": key,
+               "eps": eps, "seed": seed, "epochs": runner.epochs, "cached": cached, "train_time_s": runner.elapsed}
     out_dir.mkdir(parents=True, exist_ok=True)
     import pandas as pd  # here, not at the top: every job pays ~0.3 s to import it
 
-    _write_atomic(out_dir / "history.csv", pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(index=False))
+    history = pd.DataFrame(runner.history, columns=list(HISTORY_COLUMNS))
+    _write_atomic(out_dir / "history.csv", history.to_csv(index=False))
     _write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     if save_model_to is not None:
         save_model(save_model_to, model, {**meta, "num_classes": prep.num_classes,
-                                          "transfer": {"source_model": key, "target": target, "mode": mode}})
-    resume.clear(rdir)
-    log.info("done %s -> %s mode %d: top1 %.2f%%, pgd %s, %.1f s%s", key, target, mode, top1, ev["pgd_acc"],
-             elapsed, " (cached)" if cached else "")
+                                          "transfer": {"source_model": key, "target": prep.name, "mode": mode}})
+    log.info("done %s -> %s mode %d: top1 %.2f%%, pgd %s, %.1f s%s", key, prep.name, mode, top1, ev["pgd_acc"],
+             runner.elapsed, " (cached)" if cached else "")
     return metrics

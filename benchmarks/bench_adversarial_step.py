@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 from atlib.models import build_model  # noqa: E402
 from atlib.optim import make_optimizer  # noqa: E402
 from atlib.runtime import autocast  # noqa: E402
-from atlib.train import Objective, schedule_defaults, train_step  # noqa: E402
+from atlib.config import schedule_defaults  # noqa: E402
+from atlib.train import Objective, train_step  # noqa: E402
 from record import write_record  # noqa: E402  (benchmarks/ is on sys.path when run)
 
 CPU = torch.device("cpu")

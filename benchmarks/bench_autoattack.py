@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from atlib.attacks import evaluate  # noqa: E402
+from atlib.config import schedule_defaults  # noqa: E402
 from atlib.models import build_model  # noqa: E402
 from atlib.robust_eval import autoattack_accuracy  # noqa: E402
-from atlib.train import schedule_defaults  # noqa: E402
 from bench_adversarial_step import timed_round_robin  # noqa: E402  (benchmarks/ is on sys.path when run)
 from record import write_record  # noqa: E402
 

@@ -92,7 +92,8 @@ def train_digits(tmp: Path, seconds_budget: float = 30.0) -> tuple[Path, Path]:
 
 def from_models(models: list[Path], data: Path, args) -> list[dict]:
     from atlib.checkpoint import load_model
-    from atlib.fisher import beta_from_budget, diagonal_fisher, posterior, prior_variances, sample_images
+    from atlib.data import sample_images
+    from atlib.fisher import beta_from_budget, diagonal_fisher, posterior, prior_variances
 
     runs = []
     for path in models:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from atlib import robust_eval
+from atlib.config import schedule_defaults
 from atlib.models import build_model
 from atlib.robust_eval import autoattack_accuracy
-from atlib.train import schedule_defaults
 
 
 class Preempted(Exception):

@@ -13,8 +13,9 @@ import torch
 from atlib import train as train_mod
 from atlib.augment import augment_batch, is_random, random_crop, random_flip
 from atlib.checkpoint import load_model
-from atlib.config import ConfigError
-from atlib.train import HISTORY_COLUMNS, TrainingError, schedule_defaults, train_source, weight_norm
+from atlib.config import ConfigError, schedule_defaults
+from atlib.models import weight_norm
+from atlib.train import HISTORY_COLUMNS, TrainingError, train_source
 
 METRIC_KEYS = {"natural_acc", "pgd_acc", "attack_of_record", "weight_norm", "epochs", "train_time_s", "eps", "source",
                "arch", "seed"}

@@ -17,17 +17,19 @@ except ImportError as err:  # pragma: no cover - only while the module is absent
 
 __all__ = [
     "REGISTRY", "AcquireContext", "Arrays", "DataIntegrityError", "DatasetMissing", "DatasetSpec", "Index", "Prepared",
-    "TensorPairs", "adapt", "iterate", "get_spec", "prepare", "write_prepared",
+    "TensorPairs", "adapt", "iterate", "get_spec", "load_batches", "prepare", "sample_images", "split_data",
+    "write_prepared",
 ]
-_TORCH_SIDE = {"TensorPairs", "adapt", "iterate"}
+# The torch side, imported on first use so that preparing data never imports torch.
+_TORCH_SIDE = {"TensorPairs": "tensors", "adapt": "tensors", "iterate": "tensors", "load_batches": "loading",
+               "sample_images": "loading", "split_data": "loading"}
 
 
 def __getattr__(name: str) -> Any:
-    """The torch side (`atlib.data.tensors`) on first use, so preparing data never imports torch."""
     if name in _TORCH_SIDE:
-        from . import tensors
+        import importlib
 
-        return getattr(tensors, name)
+        return getattr(importlib.import_module(f".{_TORCH_SIDE[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
