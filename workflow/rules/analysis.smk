@@ -2,30 +2,20 @@
 # t-SNE of the representations (representation), inversion of representations (invert).
 
 
-def analysis_mem(wc) -> int:
-    """Per-sample gradients take chunk x parameters floats: more for the big backbones."""
-    return {"resnet8": 2000, "resnet18": 8000}.get(wc.arch, 24000)
-
-
-def invert_fisher(wc):
-    """Variational and effective inversion perturb the weights with Sigma* from the model's Fisher."""
-    return [f"{RESULTS}/fisher/{model_key(wc).path}/fisher.pt"] if wc.method != "plain" else []
-
-
 rule fisher:
     input:
-        model=f"{RESULTS}/models/{MODEL_PATH}/model.pt",
-        data=lambda wc: f"{dataset_dir(wc.source)}/meta.json",
+        model=out(jobs.MODEL, "model"),
+        data=source_meta,
     output:
-        fisher=f"{RESULTS}/fisher/{MODEL_PATH}/fisher.pt",
-        summary=f"{RESULTS}/fisher/{MODEL_PATH}/summary.json",
+        fisher=out(jobs.FISHER, "fisher"),
+        summary=out(jobs.FISHER, "summary"),
     params:
         cfg=config["fisher"],
         # eps left out: every eps of a source is measured on the same images and probes.
         seed=lambda wc: job_seed("fisher", wc.source, wc.seed),
         device=config["device"],
     log:
-        f"{RESULTS}/logs/fisher/{MODEL_PATH}.log",
+        jobs.FISHER.log(RESULTS),
     threads: config["threads"]
     resources:
         mem_mb=analysis_mem,
@@ -37,12 +27,12 @@ rule fisher:
 
 rule representation:
     input:
-        model=f"{RESULTS}/models/{MODEL_PATH}/model.pt",
-        data=lambda wc: f"{dataset_dir(wc.source)}/meta.json",
+        model=out(jobs.MODEL, "model"),
+        data=source_meta,
     output:
-        summary=f"{RESULTS}/representation/{MODEL_PATH}/summary.json",
-        tsne=f"{RESULTS}/representation/{MODEL_PATH}/tsne.csv",
-        png=report(f"{RESULTS}/representation/{MODEL_PATH}/tsne.png", category="Representations",
+        summary=out(jobs.REPRESENTATION, "summary"),
+        tsne=out(jobs.REPRESENTATION, "tsne"),
+        png=report(out(jobs.REPRESENTATION, "png"), category="Representations",
                    subcategory="{source} {arch}", labels={"model": "{tag}{eps} s{seed}", "figure": "t-SNE"}),
     params:
         cfg=config["representation"],
@@ -50,7 +40,7 @@ rule representation:
         seed=lambda wc: job_seed("representation", wc.source, wc.seed),
         device=config["device"],
     log:
-        f"{RESULTS}/logs/representation/{MODEL_PATH}.log",
+        jobs.REPRESENTATION.log(RESULTS),
     threads: config["threads"]
     resources:
         mem_mb=4000,
@@ -62,16 +52,16 @@ rule representation:
 
 rule invert:
     input:
-        model=f"{RESULTS}/models/{MODEL_PATH}/model.pt",
-        data=lambda wc: f"{dataset_dir(wc.source)}/meta.json",
+        model=out(jobs.MODEL, "model"),
+        data=source_meta,
         fisher=invert_fisher,
     output:
-        png=report(f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/images.png", category="Inversion",
+        png=report(out(jobs.INVERT, "png"), category="Inversion",
                    subcategory="{source} {arch} {tag}{eps}",
                    labels={"model": "{tag}{eps} s{seed}", "method": "{method}"}),
-        curve=f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/curve.csv",
-        summary=f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/summary.json",
-        recon=f"{RESULTS}/invert/{MODEL_PATH}/{{method}}/recon.npz",
+        curve=out(jobs.INVERT, "curve"),
+        summary=out(jobs.INVERT, "summary"),
+        recon=out(jobs.INVERT, "recon"),
     params:
         cfg=config["invert"],
         # The method is left out on purpose: every method of a model starts from the same r_0
@@ -79,7 +69,7 @@ rule invert:
         seed=lambda wc: job_seed("invert", wc.source, wc.seed),
         device=config["device"],
     log:
-        f"{RESULTS}/logs/invert/{MODEL_PATH}/{{method}}.log",
+        jobs.INVERT.log(RESULTS),
     threads: config["threads"]
     resources:
         mem_mb=analysis_mem,
