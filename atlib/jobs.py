@@ -190,9 +190,17 @@ def outputs(jobs: Iterable[Job], results: str, names: Iterable[str] | None = Non
     return [f for job in jobs for name, f in job.outputs(results).items() if names is None or name in names]
 
 
+def report_reads(job: Job) -> tuple[str, ...]:
+    """The outputs of `job` the report reads: of Gaussian-noise models only the source metrics and the
+    Fisher summary (their own tables; the paper's frames group by eps)."""
+    if job.model.gaussian and job.kind not in (MODEL, FISHER):
+        return ()
+    return ("metrics",) if job.model.gaussian and job.kind == MODEL else REPORT_READS.get(job.kind, ())
+
+
 def report_inputs(config: dict, results: str) -> list[str]:
     """Every file atlib.report.load reads for `config` (the `aggregate` rule's input)."""
-    return [job.path(results, name) for job in result_jobs(config) for name in REPORT_READS[job.kind]]
+    return [job.path(results, name) for job in result_jobs(config) for name in report_reads(job)]
 
 
 def track_inputs(config: dict, results: str) -> list[str]:
