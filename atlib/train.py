@@ -28,7 +28,7 @@ from . import resume
 from .attacks import _ModeGuard, evaluate, gaussian_noise, natural_correct, pgd, trades_loss
 from .augment import augment_batch
 from .checkpoint import save_model
-from .config import ConfigError, load_schema, validate_schema
+from .config import schedule_defaults  # noqa: F401 - re-exported: pretrained and transfer import it from here
 from .data import Prepared, TensorPairs
 from .data.store import collate_pairs
 from .models import NORMALIZATION, build_model
@@ -52,19 +52,6 @@ EVAL_BATCH = 256
 
 class TrainingError(RuntimeError):
     """A training failure the user can act on (divergence, a failed DDP rank)."""
-
-
-def schedule_defaults(schedule: dict[str, Any] | None, kind: str = "train_schedule") -> dict[str, Any]:
-    """A copy of `schedule` with the config schema's defaults filled in (and validated)."""
-    full = load_schema()
-    sub = dict(full["$defs"][kind])
-    sub["$defs"] = full["$defs"]
-    out = json.loads(json.dumps(schedule or {}))
-    try:
-        validate_schema(out, sub)
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("config error at", f"{kind} error at")) from None
-    return out
 
 
 def weight_norm(model: nn.Module) -> float:
