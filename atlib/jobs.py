@@ -219,5 +219,11 @@ def by_model(jobs: Iterable[Job]) -> dict[str, tuple[ModelKey, list[Job]]]:
     return out
 
 
+def batch_rule_name(prefix: str, model: ModelKey) -> str:
+    """The name of a batched per-model rule, e.g. transfer_mode0_fmnist04_resnet8_eps0p5_s0 (rule
+    names take no slash or dot)."""
+    return f"{prefix}_" + model.path.replace("/", "_").replace(".", "p")
+
+
 def _unique(jobs: Iterable[Job]) -> list[Job]:
     return list(dict.fromkeys(jobs))

@@ -53,11 +53,6 @@ def job_seed(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode()) % (2**31)
 
 
-def batch_rule_name(prefix: str, path: str) -> str:
-    """The name of a batched per-model rule: rule names take no slash or dot."""
-    return prefix + path.replace("/", "_").replace(".", "p")
-
-
 # --------------------------------------------------------------------------- targets
 
 

@@ -59,7 +59,7 @@ for _path, (_probe, _batch) in batched_distances().items():
 
     rule:
         name:
-            batch_rule_name("distances_", _path)
+            jobs.batch_rule_name("distances", _probe)
         input:
             model=model_file(_probe),
             data=[dataset_meta(j.dataset) for j in _batch],

@@ -33,7 +33,7 @@ for _path, (_key, _batch) in batched_mode0().items():
 
     rule:
         name:
-            batch_rule_name("transfer_mode0_", _path)
+            jobs.batch_rule_name("transfer_mode0", _key)
         input:
             model=model_file(_key),
             target=[dataset_meta(j.target) for j in _batch],
