@@ -56,10 +56,6 @@ def job_seed(*parts) -> int:
 # --------------------------------------------------------------------------- targets
 
 
-def all_models():
-    return jobs.outputs(jobs.models(config), RESULTS)
-
-
 def all_results():
     """Every per-job result (what `aggregate` and `track` read come from these)."""
     return jobs.outputs(jobs.result_jobs(config), RESULTS)
