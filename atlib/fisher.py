@@ -411,7 +411,7 @@ def sample_images(data_dir: str | Path, split: str, n: int, image_size: int, cha
                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random subset of n images of a prepared split, adapted to a model's input."""
     from .data import Prepared, adapt
-    from .data.store import collate_pairs
+    from .data.tensors import collate_pairs
 
     data = Prepared(data_dir)
     total = data.split_size(split)

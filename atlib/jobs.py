@@ -81,9 +81,9 @@ FEATURES = Kind("features", "distance", MODEL_PATH + "/{dataset}.features.npz", 
 DISTANCE = Kind("task_distance", "distance", MODEL_PATH + "/{dataset}.json", (("json", ""),), True)
 FISHER = Kind("fisher", "fisher", MODEL_PATH, (("fisher", "fisher.pt"), ("summary", "summary.json")))
 REPRESENTATION = Kind("representation", "representation", MODEL_PATH,
-                      (("summary", "summary.json"), ("tsne", "tsne.csv"), ("png", "tsne.png")))
+                      (("summary", "summary.json"), ("tsne", "tsne.csv"), ("tsne_png", "tsne.png")))
 INVERT = Kind("invert", "invert", MODEL_PATH + "/{method}",
-              (("png", "images.png"), ("curve", "curve.csv"), ("summary", "summary.json"), ("recon", "recon.npz")))
+              (("images", "images.png"), ("curve", "curve.csv"), ("summary", "summary.json"), ("recon", "recon.npz")))
 REPORT = Kind("aggregate", "report", "", (("summary", "summary.md"),))
 TRACK = Kind("track", "tracking", "", (("summary", "ingest.json"),))
 

@@ -30,7 +30,7 @@ from .augment import augment_batch
 from .checkpoint import save_model
 from .config import schedule_defaults  # noqa: F401 - re-exported: pretrained and transfer import it from here
 from .data import Prepared, TensorPairs
-from .data.store import collate_pairs
+from .data.tensors import collate_pairs
 from .models import NORMALIZATION, build_model
 from .optim import make_optimizer, make_scheduler
 from .runtime import autocast, pick_device, seed_everything, set_threads, to_memory_format

@@ -173,8 +173,9 @@ def test_tiny_rebuild_one_target_reruns_only_it_and_aggregates(tiny_run):
 
 
 def test_batch_jobs_give_the_same_results_in_fewer_jobs(tiny_run, tmp_path):
-    """batch_jobs: true reruns the tiny run's mode-0 transfers (one job per model) and distances (one
-    job per probe); every number equals the one-job-per-target run's (same seeds, same code path)."""
+    """batch_jobs: true reruns the tiny run's mode-0 transfers (one job per model), distances (one
+    job per probe) and analyses (one job per model); every number equals the one-job-per-target run's
+    (same seeds, same code path)."""
     import json
     import shutil
 
@@ -187,6 +188,8 @@ def test_batch_jobs_give_the_same_results_in_fewer_jobs(tiny_run, tmp_path):
     ran = job_counts(r.stdout + r.stderr)
     assert ran["transfer_mode0_src_resnet8_eps0_s0"] == ran["transfer_mode0_src_resnet8_eps0p5_s0"] == 1
     assert ran["distances_src_resnet8_eps0_s0"] == 1 and "transfer" not in ran and "features" not in ran
+    assert ran["analyses_src_resnet8_eps0p5_s0"] == ran["analyses_src_resnet8_gn1_s0"] == 1
+    assert not {"fisher", "representation", "invert"} & set(ran)
     files = [f"transfer/src/resnet8/eps{e}/s0/{t}/mode0/metrics.json" for e in ("0", "0.5") for t in ("near", "far")]
     files += [f"distance/src/resnet8/eps0/s0/{d}.json" for d in ("src", "near", "far")]
     for rel in files:
@@ -194,7 +197,13 @@ def test_batch_jobs_give_the_same_results_in_fewer_jobs(tiny_run, tmp_path):
         for key in ("top1", "pgd", "emd", "otdd"):
             assert a.get(key) == b.get(key), (rel, key)
         assert (work / res / rel).stat().st_mtime > (tiny_run / res / rel).stat().st_mtime  # really rerun
-    report = check_tree(work / res)  # the batched jobs recorded each target's provenance
+    analyses = ["fisher/src/resnet8/eps0.5/s0/summary.json", "representation/src/resnet8/eps0.5/s0/summary.json",
+                "fisher/src/resnet8/gn1/s0/summary.json"]
+    analyses += [f"invert/src/resnet8/eps0.5/s0/{m}/summary.json" for m in ("plain", "variational", "effective")]
+    for rel in analyses:
+        assert _content(tiny_run / res / rel) == _content(work / res / rel), rel
+        assert (work / res / rel).stat().st_mtime > (tiny_run / res / rel).stat().st_mtime
+    report = check_tree(work / res)  # the batched jobs recorded each target's and analysis' provenance
     assert report.clean and not report.not_judged, format_report(report)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from . import offline  # noqa: F401  (registers the offline datasets)
 from .registry import REGISTRY, AcquireContext, Arrays, DatasetMissing, DatasetSpec, Index, get_spec
-from .store import DataIntegrityError, Prepared, TensorPairs, adapt, iterate, write_prepared
+from .store import DataIntegrityError, Prepared, write_prepared
 
 try:  # the paper's datasets (CIFAR, SVHN, fine-grained, ImageNet, ...)
     from . import paper  # noqa: F401
@@ -19,6 +19,16 @@ __all__ = [
     "REGISTRY", "AcquireContext", "Arrays", "DataIntegrityError", "DatasetMissing", "DatasetSpec", "Index", "Prepared",
     "TensorPairs", "adapt", "iterate", "get_spec", "prepare", "write_prepared",
 ]
+_TORCH_SIDE = {"TensorPairs", "adapt", "iterate"}
+
+
+def __getattr__(name: str) -> Any:
+    """The torch side (`atlib.data.tensors`) on first use, so preparing data never imports torch."""
+    if name in _TORCH_SIDE:
+        from . import tensors
+
+        return getattr(tensors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def prepare(name: str, out: Path, ctx: AcquireContext, derived: dict[str, Any] | None = None,

@@ -1,5 +1,7 @@
 # Per-model analyses (Sections 3-5): information in the weights and activations (fisher),
-# t-SNE of the representations (representation), inversion of representations (invert).
+# t-SNE of the representations (representation), inversion of representations (invert). One job
+# per (model, analysis[, method]); with `batch_jobs: true` every analysis of one model runs in one
+# job instead (one rule per model, below): the model, its data and torch load once, not up to five times.
 
 
 rule fisher:
@@ -7,22 +9,19 @@ rule fisher:
         model=out(jobs.MODEL, "model"),
         data=source_meta,
     output:
-        fisher=out(jobs.FISHER, "fisher"),
-        summary=out(jobs.FISHER, "summary"),
+        **analysis_outputs("fisher"),
     params:
-        cfg=config["fisher"],
-        # eps left out: every eps of a source is measured on the same images and probes.
-        seed=lambda wc: job_seed("fisher", wc.source, wc.seed),
+        jobs=lambda wc: [analysis_job(model_key(wc), "fisher")],
         device=config["device"],
     log:
         jobs.FISHER.log(RESULTS),
     threads: config["threads"]
     resources:
-        mem_mb=analysis_mem,
+        mem_mb=lambda wc: analysis_mem(wc.arch),
     conda:
         "../../envs/atlib.yaml"
     script:
-        "../scripts/fisher.py"
+        "../scripts/analysis.py"
 
 
 rule representation:
@@ -30,14 +29,9 @@ rule representation:
         model=out(jobs.MODEL, "model"),
         data=source_meta,
     output:
-        summary=out(jobs.REPRESENTATION, "summary"),
-        tsne=out(jobs.REPRESENTATION, "tsne"),
-        png=report(out(jobs.REPRESENTATION, "png"), category="Representations",
-                   subcategory="{source} {arch}", labels={"model": "{tag}{eps} s{seed}", "figure": "t-SNE"}),
+        **analysis_outputs("representation"),
     params:
-        cfg=config["representation"],
-        # Same test images for every eps of a source: t-SNE panels compare like with like.
-        seed=lambda wc: job_seed("representation", wc.source, wc.seed),
+        jobs=lambda wc: [analysis_job(model_key(wc), "representation")],
         device=config["device"],
     log:
         jobs.REPRESENTATION.log(RESULTS),
@@ -47,33 +41,52 @@ rule representation:
     conda:
         "../../envs/atlib.yaml"
     script:
-        "../scripts/representation.py"
+        "../scripts/analysis.py"
 
 
 rule invert:
     input:
         model=out(jobs.MODEL, "model"),
         data=source_meta,
-        fisher=invert_fisher,
+        # Variational and effective inversion perturb the weights with Sigma* from the model's Fisher.
+        fisher=lambda wc: analysis_job(model_key(wc), "invert", wc.method)["fisher"],
     output:
-        png=report(out(jobs.INVERT, "png"), category="Inversion",
-                   subcategory="{source} {arch} {tag}{eps}",
-                   labels={"model": "{tag}{eps} s{seed}", "method": "{method}"}),
-        curve=out(jobs.INVERT, "curve"),
-        summary=out(jobs.INVERT, "summary"),
-        recon=out(jobs.INVERT, "recon"),
+        **analysis_outputs("invert"),
     params:
-        cfg=config["invert"],
-        # The method is left out on purpose: every method of a model starts from the same r_0
-        # and inverts the same images, so their loss curves are paired.
-        seed=lambda wc: job_seed("invert", wc.source, wc.seed),
+        jobs=lambda wc: [analysis_job(model_key(wc), "invert", wc.method)],
         device=config["device"],
     log:
         jobs.INVERT.log(RESULTS),
     threads: config["threads"]
     resources:
-        mem_mb=analysis_mem,
+        mem_mb=lambda wc: analysis_mem(wc.arch),
     conda:
         "../../envs/atlib.yaml"
     script:
-        "../scripts/invert.py"
+        "../scripts/analysis.py"
+
+
+# One rule per model (fixed output lists, as for transfer_mode0_*); Snakemake prefers these
+# wildcard-free rules over the three above wherever both can make a file.
+for _path, (_key, _batch) in batched_analyses().items():
+
+    rule:
+        name:
+            jobs.batch_rule_name("analyses", _key)
+        input:
+            model=model_file(_key),
+            data=dataset_meta(_key.source),
+        output:
+            [f for j in _batch for f in analysis_outputs(ANALYSIS_NAMES[j.kind], j).values()],
+        params:
+            jobs=[analysis_job(_key, ANALYSIS_NAMES[j.kind], j.method) for j in _batch],
+            device=config["device"],
+        log:
+            f"{RESULTS}/logs/analyses/{_path}.log",
+        threads: config["threads"]
+        resources:
+            mem_mb=analysis_mem(_key.arch),
+        conda:
+            "../../envs/atlib.yaml"
+        script:
+            "../scripts/analysis.py"

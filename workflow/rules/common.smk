@@ -178,14 +178,52 @@ def wildcard_features(wc, dataset: str) -> str:
 # --------------------------------------------------------------------------- analyses
 
 
-def analysis_mem(wc) -> int:
+def analysis_mem(arch: str) -> int:
     """Per-sample gradients take chunk x parameters floats: more for the big backbones."""
-    return {"resnet8": 2000, "resnet18": 8000}.get(wc.arch, 24000)
+    return {"resnet8": 2000, "resnet18": 8000}.get(arch, 24000)
 
 
-def invert_fisher(wc):
-    """Variational and effective inversion perturb the weights with Sigma* from the model's Fisher."""
-    return [jobs.Job(jobs.FISHER, model_key(wc)).path(RESULTS, "fisher")] if wc.method != "plain" else []
+ANALYSIS_KINDS = {"fisher": jobs.FISHER, "representation": jobs.REPRESENTATION, "invert": jobs.INVERT}
+ANALYSIS_NAMES = {kind: name for name, kind in ANALYSIS_KINDS.items()}
+# Figures shown in `snakemake --report`: (output name, category, subcategory, labels); wildcards in
+# braces, filled from the job where the rule has none (analyses_*).
+ANALYSIS_FIGURES = {
+    "representation": ("tsne_png", "Representations", "{source} {arch}",
+                       {"model": "{tag}{eps} s{seed}", "figure": "t-SNE"}),
+    "invert": ("images", "Inversion", "{source} {arch} {tag}{eps}", {"model": "{tag}{eps} s{seed}", "method": "{method}"}),
+}
+
+
+def analysis_outputs(kind: str, job: jobs.Job | None = None) -> dict:
+    """Output files of analysis `kind`: patterns with wildcards, or one `job`'s files (a rule without
+    wildcards); its figure flagged for the report."""
+    files = job.outputs(RESULTS) if job else {name: out(ANALYSIS_KINDS[kind], name) for name, _ in
+                                              ANALYSIS_KINDS[kind].files}
+    if kind in ANALYSIS_FIGURES:
+        name, category, sub, labels = ANALYSIS_FIGURES[kind]
+        fill = (lambda s: s) if job is None else (lambda s: s.format(**job.wildcards))
+        files[name] = report(files[name], category=category, subcategory=fill(sub),
+                             labels={k: fill(v) for k, v in labels.items()})
+    return files
+
+
+def analysis_job(key: ModelKey, kind: str, method: str | None = None) -> dict:
+    """What the analysis script needs for one analysis of one model. The seed leaves out eps (every
+    eps of a source is measured on the same images and probes) and the inversion method (every method
+    starts from the same r_0 and inverts the same images, so their loss curves are paired)."""
+    job = jobs.Job(ANALYSIS_KINDS[kind], key, method=method)
+    fisher = [jobs.Job(jobs.FISHER, key).path(RESULTS, "fisher")] if kind == "invert" and method != "plain" else []
+    return dict(kind=kind, method=method, model=model_file(key), data=dataset_meta(key.source),
+                fisher=fisher, out_dir=job.dir(RESULTS), outputs=list(job.outputs(RESULTS).values()),
+                eps=float(key.eps), cfg=config[kind], seed=job_seed(kind, key.source, key.seed))
+
+
+def batched_analyses():
+    """{model path: (key, [its analysis jobs, fisher first: inversion reads its Sigma*])} run as one
+    job per model (batch_jobs)."""
+    if not config["batch_jobs"]:
+        return {}
+    return jobs.by_model(jobs.fisher(config) + jobs.representation(config) + jobs.invert(config))
 
 
 # --------------------------------------------------------------------------- report
