@@ -1,7 +1,7 @@
 # atlib: "Adversarial Training Reduces Information and Improves Transferability", as a workflow.
 # Demo:   snakemake --profile profiles/local --configfile config/demo.yaml
 # Paper:  snakemake --profile profiles/slurm --configfile config/config.yaml
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -16,7 +16,8 @@ if "experiments" not in config:
 # Jobs import atlib from this checkout, whatever the environment (venv, conda, SLURM node).
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
-# Our check first: one message naming the key (and defaults filled in), then Snakemake's own.
+# One validation (Snakemake's validate, defaults filled from the schema, atlib.config.validate_config)
+# and the checks a schema cannot express: one message naming the key.
 sys.path.insert(0, workflow.basedir)
 from atlib.config import ConfigError, check_config, missing_source_files
 
@@ -27,7 +28,6 @@ except ConfigError as err:
 missing = missing_source_files(config)
 if missing:
     raise WorkflowError("\n".join(missing))
-validate(config, "workflow/schemas/config.schema.yaml")
 # Read by atlib.data.Prepared in every job, wherever the job opens a dataset.
 os.environ["ATLIB_VERIFY_DATA"] = "1" if config["verify_data"] else "0"
 

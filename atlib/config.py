@@ -27,30 +27,8 @@ class ConfigError(ValueError):
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
-    """The config schema (a fresh copy: callers may fill it in)."""
-    return copy.deepcopy(_parsed_schema(Path(path)))
-
-
-@functools.lru_cache(maxsize=4)
-def _parsed_schema(path: Path) -> dict:
-    # Parsing the YAML takes ~0.1 s, paid by every transfer of a batched job without this.
-    return yaml.safe_load(path.read_text())
-
-
-def _with_defaults(validator_class):
-    """A validator that fills `default`s of `properties`, at every depth, while validating."""
-    validate_props = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for key, sub in properties.items():
-                if "$ref" in sub:
-                    sub = validator._resolver.lookup(sub["$ref"]).contents
-                if "default" in sub and key not in instance:
-                    instance[key] = copy.deepcopy(sub["default"])
-        yield from validate_props(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+    """The config schema (for its documentation, atlib.schema_doc)."""
+    return yaml.safe_load(Path(path).read_text())
 
 
 def key_of(path) -> str:
@@ -61,18 +39,59 @@ def key_of(path) -> str:
     return out or "<top level>"
 
 
-def validate_schema(config: dict, schema: dict | None = None) -> dict:
-    """Validate `config` in place, filling defaults; raise ConfigError naming the key."""
-    schema = schema or load_schema()
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
-    # Two passes: defaults filled by the first can be validated by the second.
-    for _ in range(2):
-        errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
+def validate_config(config: dict) -> dict:
+    """Validate `config` against the schema in place, filling every default the schema declares
+    (Snakemake's validate with set_default: the one validation of a config, in the workflow or out
+    of it); raise ConfigError naming the key."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    try:
+        validate(config, str(SCHEMA_PATH), set_default=True)
+    except WorkflowError as err:
+        e = err.__context__
+        if not isinstance(e, jsonschema.ValidationError):
+            raise
         extra = f" (at least {e.validator_value} items)" if e.validator == "minItems" else ""
-        raise ConfigError(f"config error at {key_of(e.absolute_path)}: {e.message}{extra}")
+        raise ConfigError(f"config error at {key_of(e.absolute_path)}: {e.message}{extra}") from None
+    # Defaults are filled by reference to the schema's objects: one `targets: []` would be shared by
+    # every experiment lacking targets. Copies keep each key its own.
+    config.update(json.loads(json.dumps(config)))
     return config
+
+
+# Entries of these kinds sit under a named key of these sections (atlib.config.section_defaults).
+NAMED_SECTIONS = {"train_schedule": "train_schedules", "finetune_schedule": "finetune_schedules",
+                  "source_model": "source_models"}
+
+
+@functools.lru_cache(maxsize=64)
+def _filled(text: str, kind: str) -> str:
+    section = NAMED_SECTIONS.get(kind, kind)
+    entry = json.loads(text)
+    # The smallest valid config holding the entry: its defaults are filled as in a workflow config.
+    cfg = {"experiments": {"_": {"source": "_", "arch": "_", "eps": [0]}},
+           section: {"_": entry} if kind in NAMED_SECTIONS else entry}
+    prefix = f"{section}._" if kind in NAMED_SECTIONS else section
+    try:
+        validate_config(cfg)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace(f"config error at {prefix}.", f"{kind} error at ")
+                          .replace(f"config error at {prefix}:", f"{kind} error at <top level>:")) from None
+    return json.dumps(cfg[section]["_"] if kind in NAMED_SECTIONS else cfg[section])
+
+
+def section_defaults(entry: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    """A copy of one part of a config with the schema's defaults filled in (and validated), for
+    library calls outside a workflow: `kind` is a top-level section (fisher, invert, ...) or an entry
+    of a named section (train_schedule, finetune_schedule, source_model)."""
+    # Cached by content: a batched job checks the same schedule once, not once per target.
+    return json.loads(_filled(json.dumps(entry or {}, sort_keys=True), kind))
+
+
+def schedule_defaults(schedule: dict[str, Any] | None, kind: str = "train_schedule") -> dict[str, Any]:
+    """A train (or finetune) schedule with the schema's defaults filled in (section_defaults)."""
+    return section_defaults(schedule, kind)
 
 
 def eps_str(eps: float | str) -> str:
@@ -113,9 +132,8 @@ class ModelKey:
 
 
 def experiment_objective(config: dict, exp: dict) -> str:
-    """The training objective of an experiment's train schedule (schema default madry)."""
-    sched = (config.get("train_schedules") or {}).get(exp.get("train", "default")) or {}
-    return sched.get("objective", "madry")
+    """The training objective of an experiment's train schedule."""
+    return config["train_schedules"][exp["train"]]["objective"]
 
 
 def experiment_tag(config: dict, exp: dict) -> str:
@@ -136,7 +154,7 @@ def probe_of(key: ModelKey, distance: dict) -> ModelKey:
     the same seed, of the fixed seed `probe_seed`, or (probe: same) the model itself."""
     if distance["probe"] != "standard":
         return key
-    seed = distance.get("probe_seed")
+    seed = distance["probe_seed"]
     return key.standard if seed is None else dataclasses.replace(key.standard, seed=int(seed))
 
 
@@ -165,8 +183,8 @@ def transfer_experiments(config: dict) -> dict[tuple[str, str, int], str]:
     out: dict[tuple[str, str, int], str] = {}
     for name, key in iter_models(config):
         exp = config["experiments"][name]
-        for target in exp.get("targets") or []:
-            for mode in exp.get("modes") or []:
+        for target in exp["targets"]:
+            for mode in exp["modes"]:
                 out.setdefault((key.path, target, int(mode)), name)
     return out
 
@@ -176,8 +194,8 @@ def config_hash(config: dict) -> str:
 
 
 def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
-    """Schema validation plus the checks a schema cannot express. Returns the filled config."""
-    validate_schema(config)
+    """Schema validation (defaults filled) plus the checks a schema cannot express. Returns the config."""
+    validate_config(config)
     factors = config["fisher"]["budget_factors"]
     if max(factors) < 100 * min(factors):
         raise ConfigError(f"config error at fisher.budget_factors: {factors} spans {max(factors) / min(factors):.3g}x; "
@@ -239,7 +257,7 @@ def source_file(entry: dict) -> Path | None:
     `{model_dir}/{dataset}/{threat_model}/{name}.pt`, else its `file` (None: downloaded by the job)."""
     if entry["kind"] == "robustbench":
         return Path(entry["model_dir"]) / entry["dataset"] / entry["threat_model"] / f"{entry['name']}.pt"
-    return Path(entry["file"]) if entry.get("file") else None
+    return Path(entry["file"]) if entry["file"] else None
 
 
 def missing_source_files(config: dict) -> list[str]:
@@ -297,7 +315,7 @@ def _check_source_model(entry: dict, where: str, arch: str, used_at: str) -> Non
     if kind == "torchvision" and entry["allow_download"] and not entry["file"]:
         need.append("weights")
     for k in need:
-        if not entry.get(k):
+        if not entry[k]:
             raise ConfigError(f"config error at {where}.{k}: a {kind} source model needs {k}")
 
 
@@ -308,7 +326,7 @@ def ladder_levels(config: dict) -> dict[str, list[tuple[str, float]]]:
     the experiments' targets; the report and the claims check read them back from here.
     """
     return {name: [(f"{name}_{k}", s) for k, s in enumerate(spec["strengths"], start=1)]
-            for name, spec in (config.get("ladders") or {}).items()}
+            for name, spec in config["ladders"].items()}
 
 
 def near_far(config: dict, experiment: str) -> tuple[list[str], list[str]]:
@@ -318,11 +336,11 @@ def near_far(config: dict, experiment: str) -> tuple[list[str], list[str]]:
     the experiment's ladders is near and the last far; both empty when there is neither.
     """
     exp = config["experiments"][experiment]
-    near, far = list(exp.get("near") or []), list(exp.get("far") or [])
+    near, far = list(exp["near"]), list(exp["far"])
     if near or far:
         return near, far
     levels = ladder_levels(config)
-    ladders = [levels[n] for n in exp.get("ladders") or [] if levels.get(n)]
+    ladders = [levels[n] for n in exp["ladders"] if levels.get(n)]
     return [lv[0][0] for lv in ladders], [lv[-1][0] for lv in ladders]
 
 
@@ -383,17 +401,3 @@ def _check_near_far(exp: dict, where: str) -> None:
                                   f"(after ladder expansion): {exp['targets']}")
             if t in exp[other]:
                 raise ConfigError(f"config error at {key}: {t!r} is in both near and far")
-
-
-def schedule_defaults(schedule: dict[str, Any] | None, kind: str = "train_schedule") -> dict[str, Any]:
-    """A copy of `schedule` (a `kind` of the schema's $defs) with the schema's defaults filled in
-    (and validated)."""
-    full = load_schema()
-    sub = dict(full["$defs"][kind])
-    sub["$defs"] = full["$defs"]
-    out = json.loads(json.dumps(schedule or {}))
-    try:
-        validate_schema(out, sub)
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("config error at", f"{kind} error at")) from None
-    return out

@@ -475,7 +475,7 @@ def fisher_report(model_path: str | Path, data_dir: str | Path, cfg_fisher: dict
     x, y = x.to(dev), y.to(dev)
     log.info("fisher (%s) of %s over %d training images", kind, model_path, len(x))
     fisher = diagonal_fisher(model, x, y, kind=kind, chunk=cfg_fisher["chunk"],
-                             generator=gen, progress=True, method=cfg_fisher.get("method", "vmap"))
+                             generator=gen, progress=True, method=cfg_fisher["method"])
     fisher = {k: v.cpu() for k, v in fisher.items()}
     q = weight_posterior(model, fisher, x, y, budget, cfg_fisher["loss_draws"], gen)
     sweep = _sweep(model, fisher, x, y, budget, cfg_fisher["budget_factors"], gen)

@@ -409,14 +409,14 @@ def invert_report(model_path: str | Path, fisher_path: str | Path | None, data_d
     gen = torch.Generator().manual_seed(seed)
     x, _ = sample_images(data_dir, "test", cfg_invert["n_images"], size, ch, gen)
     n_test = len(x)
-    photos = cfg_invert.get("photos", [])
+    photos = cfg_invert["photos"]
     if photos:
         x = torch.cat([x, load_photos(photos, size, ch)])
-    layer = cfg_invert.get("layer", "final")
+    layer = cfg_invert["layer"]
     log.info("%s inversion of %d images (%d photos) at layer %s, %d steps", method, len(x), len(photos), layer,
              cfg_invert["steps"])
     x_hat, curves = invert(model, x.to(dev), method, cfg_invert["steps"], cfg_invert["lr"], cfg_invert["sigma"],
-                           sigma_star, gen, cfg_invert.get("optimizer", "sgd"), input_shape=(ch, size, size),
+                           sigma_star, gen, cfg_invert["optimizer"], input_shape=(ch, size, size),
                            layer=layer, progress=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"step": np.arange(len(curves["loss"])), "loss": curves["loss"],
@@ -430,7 +430,7 @@ def invert_report(model_path: str | Path, fisher_path: str | Path | None, data_d
                            for f in REACH_FRACTIONS},
         "initial_loss": initial, "final_loss_noisy": curves["loss_noisy"][-1],
         "final_loss_per_image": curves["loss_per_image"], "eps": eps, "n_images": len(x),
-        "photos": list(photos), "optimizer": cfg_invert.get("optimizer", "sgd"), "lr": cfg_invert["lr"],
+        "photos": list(photos), "optimizer": cfg_invert["optimizer"], "lr": cfg_invert["lr"],
         "layer": layer, **_quality_summary(x.cpu(), x_hat.cpu(), n_test),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))

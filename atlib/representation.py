@@ -132,7 +132,7 @@ def representation_report(model_path: str | Path, data_dir: str | Path, cfg_repr
     labels = y.numpy()
     log.info("representation of %s: %d test images, feature dim %d", model_path, len(x), feats.shape[1])
     sep = class_separation(feats, labels, seed=seed)
-    emb = tsne(feats, cfg_representation.get("perplexity", 30.0), seed=seed % (2**32))
+    emb = tsne(feats, cfg_representation["perplexity"], seed=seed % (2**32))
     out_dir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"x": emb[:, 0], "y": emb[:, 1], "label": labels}).to_csv(out_dir / "tsne.csv", index=False)
     classes = Prepared(data_dir).meta.get("classes")

@@ -15,8 +15,8 @@ BEGIN, END = "<!-- config-keys:begin -->", "<!-- config-keys:end -->"
 def _rows(schema: dict, defs: dict, prefix: str) -> list[tuple[str, str, str]]:
     rows = []
     for key, sub in schema.get("properties", {}).items():
-        if "$ref" in sub:
-            sub = defs[sub["$ref"].split("/")[-1]]
+        if "$ref" in sub:  # the definition, with the keys beside the $ref (its default) on top
+            sub = {**defs[sub["$ref"].split("/")[-1]], **{k: v for k, v in sub.items() if k != "$ref"}}
         name = f"{prefix}{key}"
         default = json.dumps(sub["default"]) if "default" in sub and sub.get("type") != "object" else ""
         rows.append((name, default, " ".join(sub.get("description", "").split())))

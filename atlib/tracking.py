@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import jobs
+from .jobs import MODEL_PATH, pattern_regex
+
 log = logging.getLogger(__name__)
 
 # Files that become artifacts of a run (model weights and feature caches stay out: too big).
@@ -59,13 +62,6 @@ PARENT_TAG, NOTE_TAG = "mlflow.parentRunId", "mlflow.note.content"
 # Numbers of a result file that name the job rather than measure it (they are tags already).
 ID_NUMBERS = frozenset({"eps", "seed", "mode"})
 
-_WILDCARD_RE = {
-    "source": r"[A-Za-z0-9_\-]+", "dataset": r"[A-Za-z0-9_\-]+", "target": r"[A-Za-z0-9_\-]+",
-    "arch": r"[A-Za-z0-9_]+", "tag": r"eps|gn", "eps": r"[0-9]+(?:\.[0-9]+)?", "seed": r"[0-9]+",
-    "mode": r"[012]", "method": r"plain|variational|effective",
-}
-# As workflow/rules/common.smk: tag "eps" (standard, adversarial) or "gn" (Gaussian-noise models).
-MODEL_PATH = "{source}/{arch}/{tag}{eps}/s{seed}"
 # Seconds a job's result file may be written outside its log's span (clock skew between a node and
 # the file server; the last log line follows the write): measured within 0.7 s on the demo.
 LOG_SLACK_S = 10.0
@@ -103,10 +99,7 @@ class JobKind:
     suffixes: frozenset = ARTIFACT_SUFFIXES
 
     def regex(self) -> re.Pattern:
-        out = re.escape(self.pattern)
-        for name, rx in _WILDCARD_RE.items():
-            out = out.replace(re.escape("{" + name + "}"), f"(?P<{name}>{rx})")
-        return re.compile(f"^{out}$")
+        return pattern_regex(self.pattern)
 
     def key(self, rel: str) -> str:
         """The job_key of the job at `rel` under the folder (a matched pattern)."""
@@ -114,14 +107,19 @@ class JobKind:
         return f"{self.folder}/{rel}" if rel else self.folder
 
 
+def _kind(kind: jobs.Kind, marker: str, **kw: Any) -> JobKind:
+    """The ingest's view of a kind of atlib.jobs: its rule and paths, and which file marks it done."""
+    return JobKind(kind.rule, kind.folder, kind.pattern, marker, single_file=kind.single_file, **kw)
+
+
 KINDS = (
-    JobKind("train_source", "models", MODEL_PATH, "metrics.json", history="history.csv"),
-    JobKind("transfer", "transfer", MODEL_PATH + "/{target}/mode{mode}", "metrics.json", history="history.csv"),
-    JobKind("fisher", "fisher", MODEL_PATH, "summary.json"),
-    JobKind("representation", "representation", MODEL_PATH, "summary.json"),
-    JobKind("invert", "invert", MODEL_PATH + "/{method}", "curve.csv", history="curve.csv", step_col="step"),
-    JobKind("task_distance", "distance", MODEL_PATH + "/{dataset}.json", "", single_file=True),
-    JobKind("aggregate", "report", "", "summary.md", suffixes=ARTIFACT_SUFFIXES | {".html"}),
+    _kind(jobs.MODEL, "metrics.json", history="history.csv"),
+    _kind(jobs.TRANSFER, "metrics.json", history="history.csv"),
+    _kind(jobs.FISHER, "summary.json"),
+    _kind(jobs.REPRESENTATION, "summary.json"),
+    _kind(jobs.INVERT, "curve.csv", history="curve.csv", step_col="step"),
+    _kind(jobs.DISTANCE, ""),
+    _kind(jobs.REPORT, "summary.md", suffixes=ARTIFACT_SUFFIXES | {".html"}),
 )
 
 
@@ -323,14 +321,40 @@ def _float(raw: str | None) -> float | None:
         return None
 
 
-def config_index(config: dict | None) -> dict[str, dict]:
+def config_index(config: dict | None) -> dict:
     """Which experiment defines each model, and which one asked for each transfer (its finetune
-    schedule is the one used, as in workflow/rules/transfer.smk)."""
-    if not (config and config.get("experiments")):
+    schedule is the one used, as in workflow/rules/common.smk)."""
+    if config is None:
         return {"models": {}, "transfers": {}}
     from .config import model_experiments, transfer_experiments
 
     return {"models": model_experiments(config), "transfers": transfer_experiments(config)}
+
+
+def _config_params(job: Job, cfg: dict, index: dict) -> dict[str, Any]:
+    """The config values that define the job: its experiment, schedules and analysis section."""
+    params: dict[str, Any] = {}
+    wc, rule = job.wildcards, job.kind.rule
+    model = MODEL_PATH.format(**wc) if "seed" in wc else None
+    exp_name = index["models"].get(model)
+    if exp_name:
+        exp = cfg["experiments"][exp_name]
+        params.update(experiment=exp_name, width=exp["width"], train_schedule=exp["train"])
+        if rule == "train_source":  # as common.smk's pretrained_source
+            params["pretrained"] = next((path for e, path in exp["pretrained"].items()
+                                         if float(e) == float(wc["eps"])), None)
+        params.update(flatten(cfg["train_schedules"][exp["train"]], "train", "."))
+    ft_name = index["transfers"].get((model, wc["target"], int(wc["mode"]))) if rule == "transfer" else None
+    if ft_name:
+        finetune = cfg["experiments"][ft_name]["finetune"]
+        params.update(finetune_experiment=ft_name, finetune_schedule=finetune)
+        params.update(flatten(cfg["finetune_schedules"][finetune], "finetune", "."))
+    section = {"fisher": "fisher", "representation": "representation", "invert": "invert",
+               "task_distance": "distance"}.get(rule)
+    if section:
+        params.update(flatten(cfg[section], section, "."))
+    params["device"] = cfg["device"]
+    return params
 
 
 def job_params(job: Job, config: dict | None, index: dict | None = None) -> dict[str, str]:
@@ -338,39 +362,12 @@ def job_params(job: Job, config: dict | None, index: dict | None = None) -> dict
 
     Args:
         job: a finished job (`find_jobs`).
-        config: the workflow config; None = wildcards only.
+        config: the workflow config (checked, defaults filled); None = wildcards only.
         index: `config_index(config)`, to compute it once for many jobs.
     """
     params: dict[str, Any] = dict(job.wildcards)
-    cfg = config or {}
-    index = index if index is not None else config_index(config)
-    experiments = cfg.get("experiments") or {}
-    model = MODEL_PATH.format(**job.wildcards) if "seed" in job.wildcards else None
-    exp_name = index["models"].get(model)
-    exp = experiments.get(exp_name) if exp_name else None
-    rule = job.kind.rule
-    if exp:
-        params["experiment"] = exp_name
-        params["width"] = exp.get("width")
-        params["train_schedule"] = exp.get("train")
-        if rule == "train_source":  # as workflow/rules/train.smk's pretrained_checkpoint
-            params["pretrained"] = next((path for e, path in (exp.get("pretrained") or {}).items()
-                                         if float(e) == float(job.wildcards["eps"])), None)
-        params.update(flatten(cfg.get("train_schedules", {}).get(exp.get("train"), {}) or {}, "train", "."))
-    if rule == "transfer":
-        ft_name = index["transfers"].get((model, job.wildcards["target"], int(job.wildcards["mode"])))
-        ft_exp = experiments.get(ft_name) if ft_name else None
-        if ft_exp:
-            params["finetune_experiment"] = ft_name
-            params["finetune_schedule"] = ft_exp.get("finetune")
-            params.update(flatten(cfg.get("finetune_schedules", {}).get(ft_exp.get("finetune"), {}) or {},
-                                  "finetune", "."))
-    section = {"fisher": "fisher", "representation": "representation", "invert": "invert",
-               "task_distance": "distance"}.get(rule)
-    if section and isinstance(cfg.get(section), dict):
-        params.update(flatten(cfg[section], section, "."))
-    if "device" in cfg:
-        params["device"] = cfg["device"]
+    if config is not None:
+        params.update(_config_params(job, config, index if index is not None else config_index(config)))
     out = {}
     for k, v in params.items():
         if v is None:
@@ -740,7 +737,6 @@ class LiveLogger:
 def live_for_job(tracking: dict[str, Any], results: str | Path, output_file: str | Path, rule: str,
                  wildcards: dict[str, str]) -> LiveLogger:
     """The `LiveLogger` of one rule job, from the config's `tracking` section (off unless `live`)."""
-    uri = tracking.get("uri") or default_uri(results)
+    uri = tracking["uri"] or default_uri(results)
     tags = {"rule": rule, **{k: str(v) for k, v in wildcards.items()}}
-    return LiveLogger(uri, tracking.get("experiment", "atlib"), job_key(results, output_file), tags,
-                      enabled=bool(tracking.get("live")))
+    return LiveLogger(uri, tracking["experiment"], job_key(results, output_file), tags, enabled=bool(tracking["live"]))

@@ -52,7 +52,7 @@ MODES = {0: "head + last BatchNorm", 1: "head + every BatchNorm", 2: "whole netw
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_top1", "time_s")
 CHECK_EVERY = 50  # steps between finiteness checks of the loss (each one syncs a GPU)
 # atlib.config.ModelKey.path: tag "eps" (standard, adversarial) or "gn" (Gaussian-noise training).
-_MODEL_KEY = re.compile(r"^(?P<source>[^/]+)/(?P<arch>[^/]+)/(?P<tag>eps|gn)(?P<eps>[0-9.]+)/s(?P<seed>[0-9]+)$")
+from .jobs import MODEL_RE as _MODEL_KEY  # noqa: E402 - the one model-path pattern
 
 
 class TransferError(ValueError):

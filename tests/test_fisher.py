@@ -11,6 +11,7 @@ import torch
 from conftest import save_tiny_model
 from torch import nn
 
+from atlib.config import section_defaults
 from atlib.fisher import (beta_from_budget, diagonal_fisher, diagonal_fisher_loop, fisher_report,
                           hutchinson_trace, information_in_weights, input_fisher_summary, load_fisher, log_variance,
                           posterior, prior_variances, sample_labels, top_eigenvalue, weight_posterior)
@@ -271,8 +272,9 @@ def test_input_fisher_summary_keys_and_bound():
 
 def test_fisher_report_end_to_end(tiny_prepared, tmp_path):
     model = save_tiny_model(tmp_path / "model.pt", eps=0.5)
-    cfg = {"n_images": 12, "chunk": 5, "kind": "true", "loss_budget": 0.1, "loss_draws": 2,
-           "budget_factors": [0.1, 1, 10], "input_images": 4, "power_iters": 3, "hutchinson_samples": 2}
+    cfg = section_defaults({"n_images": 12, "chunk": 5, "kind": "true", "loss_budget": 0.1, "loss_draws": 2,
+                            "budget_factors": [0.1, 1, 10], "input_images": 4, "power_iters": 3,
+                            "hutchinson_samples": 2}, "fisher")
     out = tmp_path / "fisher"
     summary = fisher_report(tmp_path / "model.pt", tiny_prepared, cfg, seed=0, out_dir=out, device="cpu")
     disk = json.loads((out / "summary.json").read_text())

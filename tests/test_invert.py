@@ -10,6 +10,7 @@ import torch
 
 from conftest import save_tiny_model
 
+from atlib.config import section_defaults
 from atlib.invert import (PSNR_CAP, image_quality, invert, invert_report, load_photos, load_recon,
                           speedup_vs_plain, steps_to_reach)
 from atlib.models import build_model
@@ -100,7 +101,8 @@ def test_invert_report(tiny_prepared, tmp_path):
     sigma = {k: 1e-4 * torch.rand_like(v) for k, v in model.named_parameters()}
     atomic_save({"fisher": fisher, "sigma": sigma, "prior_var": {k: 1.0 for k in fisher}, "loss_budget": 0.1},
                 tmp_path / "fisher.pt")
-    cfg = {"n_images": 2, "photos": ["coffee"], "steps": 5, "lr": 0.05, "sigma": 0.1, "optimizer": "sgd"}
+    cfg = section_defaults({"n_images": 2, "photos": ["coffee"], "steps": 5, "lr": 0.05, "sigma": 0.1,
+                            "optimizer": "sgd"}, "invert")
     runs = {}
     for method in ("plain", "variational"):
         out = tmp_path / method

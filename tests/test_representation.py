@@ -11,6 +11,7 @@ import torch
 
 from conftest import save_tiny_model
 
+from atlib.config import section_defaults
 from atlib.models import build_model
 from atlib.representation import class_separation, extract_features, representation_report, tsne
 
@@ -48,7 +49,8 @@ def test_extract_features_restores_mode():
 def test_representation_report(tiny_prepared, tmp_path):
     save_tiny_model(tmp_path / "model.pt")
     out = tmp_path / "rep"
-    summary = representation_report(tmp_path / "model.pt", tiny_prepared, {"n_images": 24, "perplexity": 5}, 0,
+    summary = representation_report(tmp_path / "model.pt", tiny_prepared,
+                                    section_defaults({"n_images": 24, "perplexity": 5}, "representation"), 0,
                                     out, eps=0.5, device="cpu")
     disk = json.loads((out / "summary.json").read_text())
     assert set(disk) == {"eps", "knn_acc", "silhouette", "n_images"}
@@ -58,4 +60,5 @@ def test_representation_report(tiny_prepared, tmp_path):
     assert list(emb.columns) == ["x", "y", "label"] and len(emb) == 24
     assert (out / "tsne.png").stat().st_size > 0
     with pytest.raises(ValueError, match="eps"):
-        representation_report(tmp_path / "model.pt", tiny_prepared, {"n_images": 24}, 0, out, device="cpu")
+        representation_report(tmp_path / "model.pt", tiny_prepared, section_defaults({"n_images": 24}, "representation"),
+                              0, out, device="cpu")

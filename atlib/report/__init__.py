@@ -8,6 +8,7 @@ the claims check and `summary.md` (rule aggregate; all files flat in results/rep
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -35,6 +36,18 @@ def _tidy(out: Path, stem: str, df: pd.DataFrame, title: str, note: str = "") ->
     return [out / f"{stem}.csv", out / f"{stem}.html"]
 
 
+@dataclass
+class _Sections:
+    """The report's files in order, by section, with their captions (summary.md lists them)."""
+
+    out: Path
+    entries: list[tuple[str, list[Path], str]] = field(default_factory=list)
+
+    def add(self, section: str, files: list[Path], caption: str) -> None:
+        if files:
+            self.entries.append((section, files, caption))
+
+
 def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None = None) -> list[Path]:
     """Write every table, figure, comparison and the claims check of `config`'s results.
 
@@ -51,12 +64,27 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
     out.mkdir(parents=True, exist_ok=True)
     res = load_results(config, results_dir)
     groups = res.experiment_groups()
-    entries: list[tuple[str, list[Path], str]] = []  # (section, files, caption)
+    sec = _Sections(out)
+    n_boot = int(rep["bootstrap"])
+    _results_section(sec, res, rep, groups)
+    _ladders_section(sec, res)
+    _tables_section(sec, res)
+    _figures_section(sec, res, groups, n_boot)
+    _information_section(sec, res)
+    sec.add("Paper", write_paper_comparison(res, out), "Our top-1 beside the paper's where the setting (source, "
+            "arch, eps, target, mode) matches one of the paper's tables; otherwise a note says none matches.")
+    claims = _claims_section(sec, res, n_boot)
+    entries = sec.entries
+    summary = out / "summary.md"
+    summary.write_text(_summary(res, entries, claims, out))
+    files = [p for _, fs, _ in entries for p in fs] + [summary]
+    log.info("report: %d files in %s (%d missing results)", len(files), out, len(res.missing))
+    return files
 
-    def add(section: str, files: list[Path], caption: str) -> None:
-        if files:
-            entries.append((section, files, caption))
 
+def _results_section(sec: _Sections, res: Results, rep: dict, groups: list[tuple[str, str]]) -> None:
+    """Tidy tables: every transfer and source model, PGD vs AutoAttack, which distance predicts the gap."""
+    out, add = sec.out, sec.add
     pgd = sorted((c for c in res.transfers.columns if c.startswith("pgd_acc_")), key=lambda c: float(c[8:]))
     tcols = ["source", "arch", "eps", "seed", "target", "mode", "top1"] + pgd + ["distance", "similarity", "otdd"]
     tcols += [c for c in res.transfers.columns if c not in tcols]
@@ -86,6 +114,10 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
         f"(times its expected sign), with its permutation p-value, 95% bootstrap interval over targets "
         f"({rep['bootstrap']} resamples), the verdict rule, and Pearson's r.")
 
+
+def _ladders_section(sec: _Sections, res: Results) -> None:
+    """Graded target ladders, where the config has any."""
+    out, add = sec.out, sec.add
     ladders = ladder_table(res)
     if not ladders.empty:
         findings = ladder_findings(ladders)
@@ -95,6 +127,10 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
         add("Ladders", ladder_figure(ladders, out), "Gap (95% CI over seeds) and EMD against the transform "
             "strength, one panel per ladder (mode 0).")
 
+
+def _tables_section(sec: _Sections, res: Results) -> None:
+    """The paper's tables."""
+    out, add = sec.out, sec.add
     tables = write_all_tables(res, out)
     for p in tables:
         if p.suffix == ".md":
@@ -105,7 +141,10 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
                 "arch": "Robust, standard and gap rows per architecture (Tables 3, 11, 12).",
             }[kind])
 
-    n_boot = int(rep["bootstrap"])
+
+def _figures_section(sec: _Sections, res: Results, groups: list[tuple[str, str]], n_boot: int) -> None:
+    """Transfer figures per experiment group and mode, and the source models' trade-off."""
+    out, add = sec.out, sec.add
     for i, (source, arch) in enumerate(groups):
         modes = sorted(res.transfers[(res.transfers["source"] == source)
                                      & (res.transfers["arch"] == arch)]["mode"].unique())
@@ -128,6 +167,11 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
             "(Figures 10-13).")
     add("Figures", F.source_tradeoff(res, out),
         "Source models: natural and PGD accuracy against the training eps (claim 1).")
+
+
+def _information_section(sec: _Sections, res: Results) -> None:
+    """Information in the weights and activations, representations, inversion."""
+    out, add = sec.out, sec.add
     add("Information", F.fisher_vs_eps(res, out), "Mean log-variance of the optimal weight posterior Σ* vs eps "
         "(Figure 4).")
     add("Information", F.weight_norm_vs_eps(res, out), "Weight norm during training and at the end vs eps "
@@ -157,9 +201,10 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
         "Inversion: final loss per method, and the steps each method needs to reach the loss plain inversion "
         "reaches with its whole budget (ratio; the paper reports ~40x for variational).")
 
-    add("Paper", write_paper_comparison(res, out), "Our top-1 beside the paper's where the setting (source, "
-        "arch, eps, target, mode) matches one of the paper's tables; otherwise a note says none matches.")
 
+def _claims_section(sec: _Sections, res: Results, n_boot: int) -> pd.DataFrame:
+    """The paper's claims judged on this run."""
+    out, add = sec.out, sec.add
     claims = check_claims(res, n_boot)
     claims.to_csv(out / "claims.csv", index=False)
     md = claims_markdown(claims)
@@ -169,12 +214,7 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
     add("Claims", [out / "claims.md", out / "claims.csv", out / "claims.html"],
         "Every claim of the paper judged on this run by one rule (holds / does not hold / inconclusive / not "
         "testable here), with the effect, its 95% interval, n, the test and the numbers behind each verdict.")
-
-    summary = out / "summary.md"
-    summary.write_text(_summary(res, entries, claims, out))
-    files = [p for _, fs, _ in entries for p in fs] + [summary]
-    log.info("report: %d files in %s (%d missing results)", len(files), out, len(res.missing))
-    return files
+    return claims
 
 
 def _summary(res: Results, entries: list[tuple[str, list[Path], str]], claims: pd.DataFrame, out: Path) -> str:

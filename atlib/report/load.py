@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import ModelKey, probe_of, eps_str, experiment_objective, iter_models
+from .. import jobs as job_model
+from ..config import ModelKey, eps_str, probe_of
+from ..jobs import Job
 from .stats import DISTANCES
 
 log = logging.getLogger("atlib.report")
@@ -34,13 +36,12 @@ IMAGE_COLS = ["objective", "method", "image", "kind", "psnr", "ssim", "final_los
 
 @dataclass
 class Jobs:
-    """Every job the config asks for (the same grid as workflow/rules/common.smk)."""
+    """Every job the config asks for (atlib.jobs, the same grid as the workflow's rules)."""
 
-    models: list[ModelKey]
-    transfers: list[tuple[ModelKey, str, int]]
-    distances: list[tuple[ModelKey, str]]
-    analyses: dict[str, list[ModelKey]]
-    invert_methods: list[str]
+    models: list[Job]
+    transfers: list[Job]
+    distances: list[Job]
+    analyses: dict[str, list[Job]]  # fisher, representation, invert (one job per model and method)
     probe: dict  # config["distance"]
     objectives: dict[ModelKey, str] = field(default_factory=dict)
 
@@ -55,29 +56,11 @@ class Jobs:
 
 
 def expected_jobs(config: dict) -> Jobs:
-    models, transfers, distances = [], [], []
-    analyses: dict[str, list[ModelKey]] = {"fisher": [], "representation": [], "invert": []}
-    probe = config["distance"]
-    objectives: dict[ModelKey, str] = {}
-    for name, key in iter_models(config):
-        exp = config["experiments"][name]
-        if key not in models:
-            models.append(key)
-            objective = experiment_objective(config, exp)
-            objectives[key] = objective if objective == "gaussian" or float(key.eps) > 0 else "standard"
-        # check_config refuses targets on Gaussian-noise experiments; an unchecked config is not read wrong.
-        for target in (exp.get("targets", []) if not key.gaussian else []):
-            for mode in exp.get("modes", [0]):
-                if (key, target, mode) not in transfers:
-                    transfers.append((key, target, mode))
-                for ds in (key.source, target):
-                    if (probe_of(key, probe), ds) not in distances:
-                        distances.append((probe_of(key, probe), ds))
-        for a in exp.get("analyses", []):
-            if key not in analyses[a]:
-                analyses[a].append(key)
-    methods = config.get("invert", {}).get("methods", ["plain", "variational", "effective"])
-    return Jobs(models, transfers, distances, analyses, list(methods), probe, objectives)
+    """The jobs whose results the report reads (a checked config)."""
+    jm = job_model
+    analyses = {"fisher": jm.fisher(config), "representation": jm.representation(config), "invert": jm.invert(config)}
+    return Jobs(jm.models(config), jm.transfers(config), jm.distances(config), analyses, config["distance"],
+                jm.objectives(config))
 
 
 @dataclass
@@ -107,12 +90,14 @@ class Results:
     # recon.npz contents by (source, arch, eps, seed, method), see atlib.invert.load_recon:
     # float images `original`, `recon`; `photo` mask; `loss` (steps + 1, N) per-image curves.
     invert_recon: dict[tuple, dict] = field(default_factory=dict)
+    # Every file read or looked for, relative to the results root (atlib.jobs.report_inputs).
+    inputs: list[str] = field(default_factory=list)
 
     def experiment_groups(self) -> list[tuple[str, str]]:
         """(source, arch) of every experiment with transfers, in config order."""
         out: list[tuple[str, str]] = []
         for exp in self.config["experiments"].values():
-            if exp.get("targets") and (exp["source"], exp["arch"]) not in out:
+            if exp["targets"] and (exp["source"], exp["arch"]) not in out:
                 out.append((exp["source"], exp["arch"]))
         return out
 
@@ -120,16 +105,26 @@ class Results:
         out: list[str] = []
         for exp in self.config["experiments"].values():
             if (exp["source"], exp["arch"]) == (source, arch):
-                out += [t for t in exp.get("targets", []) if t not in out]
+                out += [t for t in exp["targets"] if t not in out]
         return out
 
 
 class _Reader:
+    """Reads result files relative to the results root, recording every file it looks for."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.missing: list[str] = []
+        self.inputs: list[str] = []
+
+    def optional(self, rel: str) -> Path | None:
+        """The file if it exists (optional by contract: no warning when absent)."""
+        self.inputs.append(rel)
+        path = self.root / rel
+        return path if path.exists() else None
 
     def _absent(self, path: Path, what: str) -> bool:
+        self.inputs.append(path.relative_to(self.root).as_posix())
         if path.exists():
             return False
         log.warning("missing result %s (%s): its cells are left empty", path, what)
@@ -188,9 +183,9 @@ def _frame(rows: list[dict], cols: list[str]) -> pd.DataFrame:
     return df
 
 
-def _source_row(rd: _Reader, key: ModelKey, cols: dict) -> dict:
+def _source_row(rd: _Reader, job: Job, cols: dict) -> dict:
     """A `sources` row: the model's metrics.json (NaN cells when it is missing)."""
-    m = rd.json(f"models/{key.path}/metrics.json", "source model metrics")
+    m = rd.json(job.rel("metrics"), "source model metrics")
     row = dict(cols)
     if m is not None:
         row.update(natural_acc=m.get("natural_acc", np.nan), weight_norm=m.get("weight_norm", np.nan),
@@ -201,10 +196,10 @@ def _source_row(rd: _Reader, key: ModelKey, cols: dict) -> dict:
     return row
 
 
-def _fisher_row(rd: _Reader, key: ModelKey, cols: dict) -> tuple[dict, list[dict]]:
+def _fisher_row(rd: _Reader, job: Job, cols: dict) -> tuple[dict, list[dict]]:
     """A `fisher` row (weights, posterior calibration, input Fisher) and the model's beta-sweep rows,
     from its Fisher summary.json."""
-    f = rd.json(f"fisher/{key.path}/summary.json", "Fisher summary")
+    f = rd.json(job.rel("summary"), "Fisher summary")
     row = dict(cols)
     if f is None:
         return row, []
@@ -224,54 +219,12 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
     root = Path(results_dir if results_dir is not None else config["results"])
     jobs = expected_jobs(config)
     rd = _Reader(root)
-
-    sources, histories, gn_sources = [], [], []
-    for key in jobs.models:
-        if key.gaussian:
-            gn_sources.append(_source_row(rd, key, jobs.cols(key)))
-            continue
-        sources.append(_source_row(rd, key, jobs.cols(key)))
-        h = rd.csv(f"models/{key.path}/history.csv", "source training history", ("epoch",))
-        if h is not None:
-            histories.append(h.assign(**jobs.cols(key)))
-
-    dist_rows = []
-    for probe, ds in jobs.distances:
-        d = rd.json(f"distance/{probe.path}/{ds}.json", "task distance")
-        row = {**{f"probe_{k}": v for k, v in jobs.cols(probe).items()}, "dataset": ds}
-        # Records written before a distance existed lack its key: NaN, never 0.
-        row.update({k: (d or {}).get(k, np.nan) for k in ("similarity", *DISTANCES, "n_images")})
-        dist_rows.append(row)
-    distances = _frame(dist_rows, ["probe_source", "probe_arch", "probe_eps", "probe_seed", "probe_objective",
-                                   "dataset", "similarity", *DISTANCES])
-    dist_index = {(r["probe_source"], r["probe_arch"], r["probe_eps"], r["probe_seed"], r["dataset"]): r
-                  for r in dist_rows}
-
-    transfers, thist = [], []
-    for key, target, mode in jobs.transfers:
-        rel = f"transfer/{key.path}/{target}/mode{mode}"
-        m = rd.json(f"{rel}/metrics.json", "transfer metrics")
-        row = {**jobs.cols(key), "target": target, "mode": int(mode), "top1": np.nan}
-        if m is not None:
-            row.update(top1=m.get("top1", np.nan), epochs=m.get("epochs", np.nan), cached=m.get("cached"),
-                       train_time_s=m.get("train_time_s", np.nan), **_pgd_cols(m.get("pgd_acc")))
-        p = probe_of(key, jobs.probe)
-        d = dist_index.get((p.source, p.arch, float(p.eps), int(p.seed), target), {})
-        row.update(distance=d.get("emd", np.nan), similarity=d.get("similarity", np.nan),
-                   otdd=d.get("otdd", np.nan))
-        transfers.append(row)
-        h = rd.csv(f"{rel}/history.csv", "transfer history", ("epoch", "test_top1"))
-        if h is not None:
-            thist.append(h.assign(**jobs.cols(key), target=target, mode=int(mode)))
-
-    fisher, gn_fisher, sweep = [], [], []
-    for key in jobs.analyses["fisher"]:
-        row, rows = _fisher_row(rd, key, jobs.cols(key))
-        (gn_fisher if key.gaussian else fisher).append(row)
-        sweep += [] if key.gaussian else rows
-    rep, tsne = _representation(rd, root, jobs)
-    inv, curves, images, recon = _inversion(rd, root, jobs)
-
+    sources, histories, gn_sources = _sources(rd, jobs)
+    dist_rows = _distance_rows(rd, jobs)
+    transfers, thist = _transfers(rd, jobs, dist_rows)
+    fisher, gn_fisher, sweep = _fisher(rd, jobs)
+    rep, tsne = _representation(rd, jobs)
+    inv, curves, images, recon = _inversion(rd, jobs)
     return Results(
         config=config,
         sources=_frame(sources, SOURCE_COLS),
@@ -281,7 +234,8 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
                                                 "otdd"]),
         transfer_histories=(pd.concat(thist, ignore_index=True) if thist
                             else _frame([], KEY_COLS + ["objective", "target", "mode", "epoch", "test_top1"])),
-        distances=distances,
+        distances=_frame(dist_rows, ["probe_source", "probe_arch", "probe_eps", "probe_seed", "probe_objective",
+                                     "dataset", "similarity", *DISTANCES]),
         fisher=_frame(fisher, FISHER_COLS),
         representation=_frame(rep, KEY_COLS + ["objective", "knn_acc", "silhouette"]),
         tsne=pd.concat(tsne, ignore_index=True) if tsne else _frame([], KEY_COLS + ["objective", "x", "y", "label"]),
@@ -294,46 +248,108 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
         fisher_sweep=_frame(sweep, KEY_COLS + SWEEP_COLS),
         invert_images=_frame(images, KEY_COLS + IMAGE_COLS),
         invert_recon=recon,
+        inputs=rd.inputs,
     )
 
 
-def _representation(rd: _Reader, root: Path, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame]]:
+def _sources(rd: _Reader, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame], list[dict]]:
+    """Source-model rows and training histories; Gaussian-noise models' rows apart (no history)."""
+    sources, histories, gn_sources = [], [], []
+    for job in jobs.models:
+        key = job.model
+        if key.gaussian:
+            gn_sources.append(_source_row(rd, job, jobs.cols(key)))
+            continue
+        sources.append(_source_row(rd, job, jobs.cols(key)))
+        h = rd.csv(job.rel("history"), "source training history", ("epoch",))
+        if h is not None:
+            histories.append(h.assign(**jobs.cols(key)))
+    return sources, histories, gn_sources
+
+
+def _distance_rows(rd: _Reader, jobs: Jobs) -> list[dict]:
+    """One row per (probe, dataset) task distance."""
+    rows = []
+    for job in jobs.distances:
+        d = rd.json(job.rel("json"), "task distance")
+        row = {**{f"probe_{k}": v for k, v in jobs.cols(job.model).items()}, "dataset": job.dataset}
+        # Records written before a distance existed lack its key: NaN, never 0.
+        row.update({k: (d or {}).get(k, np.nan) for k in ("similarity", *DISTANCES, "n_images")})
+        rows.append(row)
+    return rows
+
+
+def _transfers(rd: _Reader, jobs: Jobs, dist_rows: list[dict]) -> tuple[list[dict], list[pd.DataFrame]]:
+    """Transfer rows (with the task distance of their probe to the target) and fine-tuning histories."""
+    dist_index = {(r["probe_source"], r["probe_arch"], r["probe_eps"], r["probe_seed"], r["dataset"]): r
+                  for r in dist_rows}
+    transfers, thist = [], []
+    for job in jobs.transfers:
+        key, target, mode = job.model, job.target, job.mode
+        m = rd.json(job.rel("metrics"), "transfer metrics")
+        row = {**jobs.cols(key), "target": target, "mode": int(mode), "top1": np.nan}
+        if m is not None:
+            row.update(top1=m.get("top1", np.nan), epochs=m.get("epochs", np.nan), cached=m.get("cached"),
+                       train_time_s=m.get("train_time_s", np.nan), **_pgd_cols(m.get("pgd_acc")))
+        p = probe_of(key, jobs.probe)
+        d = dist_index.get((p.source, p.arch, float(p.eps), int(p.seed), target), {})
+        row.update(distance=d.get("emd", np.nan), similarity=d.get("similarity", np.nan),
+                   otdd=d.get("otdd", np.nan))
+        transfers.append(row)
+        h = rd.csv(job.rel("history"), "transfer history", ("epoch", "test_top1"))
+        if h is not None:
+            thist.append(h.assign(**jobs.cols(key), target=target, mode=int(mode)))
+    return transfers, thist
+
+
+def _fisher(rd: _Reader, jobs: Jobs) -> tuple[list[dict], list[dict], list[dict]]:
+    """Fisher rows, those of Gaussian-noise models apart, and the beta-sweep rows (not Gaussian)."""
+    fisher, gn_fisher, sweep = [], [], []
+    for job in jobs.analyses["fisher"]:
+        row, rows = _fisher_row(rd, job, jobs.cols(job.model))
+        (gn_fisher if job.model.gaussian else fisher).append(row)
+        sweep += [] if job.model.gaussian else rows
+    return fisher, gn_fisher, sweep
+
+
+def _representation(rd: _Reader, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame]]:
     """Representation rows and t-SNE tables of the non-Gaussian models."""
     rep, tsne = [], []
-    for key in jobs.analyses["representation"]:
+    for job in jobs.analyses["representation"]:
+        key = job.model
         if key.gaussian:
             continue
-        r = rd.json(f"representation/{key.path}/summary.json", "representation summary")
+        r = rd.json(job.rel("summary"), "representation summary")
         row = jobs.cols(key)
         if r is not None:
             row.update(knn_acc=r.get("knn_acc", np.nan), silhouette=r.get("silhouette", np.nan))
         rep.append(row)
-        path = root / f"representation/{key.path}/tsne.csv"
-        if path.exists():  # optional by contract: no warning when absent
+        path = rd.optional(job.rel("tsne"))
+        if path is not None:
             t = _tsne_frame(pd.read_csv(path), path)
             if t is not None:
                 tsne.append(t.assign(**jobs.cols(key)))
     return rep, tsne
 
 
-def _inversion(rd: _Reader, root: Path, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame], list[dict], dict]:
+def _inversion(rd: _Reader, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame], list[dict], dict]:
     """Inversion summaries, loss curves, per-image quality and reconstructions of the non-Gaussian models."""
     inv, curves, images, recon = [], [], [], {}
-    for key in jobs.analyses["invert"]:
+    for job in jobs.analyses["invert"]:
+        key, method = job.model, job.method
         if key.gaussian:
             continue
-        for method in jobs.invert_methods:
-            c = rd.csv(f"invert/{key.path}/{method}/curve.csv", "inversion curve", ("step", "loss"))
-            if c is not None:
-                curves.append(c[["step", "loss"]].assign(**jobs.cols(key), method=method))
-            s_path = root / f"invert/{key.path}/{method}/summary.json"
-            s = json.loads(s_path.read_text()) if s_path.exists() else {}
-            inv.append({**jobs.cols(key), "method": method,
-                        **{k: v for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
-            images += _invert_image_rows(s, {**jobs.cols(key), "method": method})
-            r_path = root / f"invert/{key.path}/{method}/recon.npz"
-            if r_path.exists():  # optional by contract (older runs lack it): no warning when absent
-                recon[(key.source, key.arch, float(key.eps), int(key.seed), method)] = _recon(r_path)
+        c = rd.csv(job.rel("curve"), "inversion curve", ("step", "loss"))
+        if c is not None:
+            curves.append(c[["step", "loss"]].assign(**jobs.cols(key), method=method))
+        s_path = rd.optional(job.rel("summary"))
+        s = json.loads(s_path.read_text()) if s_path is not None else {}
+        inv.append({**jobs.cols(key), "method": method,
+                    **{k: v for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+        images += _invert_image_rows(s, {**jobs.cols(key), "method": method})
+        r_path = rd.optional(job.rel("recon"))  # optional by contract (older runs lack it)
+        if r_path is not None:
+            recon[(key.source, key.arch, float(key.eps), int(key.seed), method)] = _recon(r_path)
     return inv, curves, images, recon
 
 

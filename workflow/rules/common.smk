@@ -1,28 +1,23 @@
-# Target lists, input functions and wildcard constraints shared by every rule file.
-from atlib.config import ModelKey, eps_str, iter_models, model_experiments, pretrained_entry, source_file
+# Target lists, input functions and wildcard constraints shared by every rule file. The jobs, their
+# result paths and wildcard patterns come from atlib.jobs (also read by the report and the ingest).
+import atlib.jobs as jobs
+from atlib.config import ModelKey, config_hash, model_experiments, pretrained_entry, source_file
 from atlib.config import transfer_experiments
-from atlib.config import probe_of as config_probe_of
+from atlib.tracking import default_uri
 
 RESULTS = config["results"]
-# {tag}: "eps" for standard and adversarial models, "gn" for Gaussian-noise ones (atlib.config.ModelKey).
-MODEL_PATH = "{source}/{arch}/{tag}{eps}/s{seed}"
 MODEL_EXPERIMENT = model_experiments(config)
+# The experiment that asked for each transfer gives its finetune schedule (atlib.config).
+TRANSFER_EXPERIMENT = transfer_experiments(config)
 
 
 wildcard_constraints:
-    source=r"[A-Za-z0-9_\-]+",
-    dataset=r"[A-Za-z0-9_\-]+",
-    target=r"[A-Za-z0-9_\-]+",
-    arch=r"[A-Za-z0-9_]+",
-    tag=r"eps|gn",
-    eps=r"[0-9]+(\.[0-9]+)?",
-    seed=r"[0-9]+",
-    mode=r"[012]",
-    method=r"plain|variational|effective",
-    probe_source=r"[A-Za-z0-9_\-]+",
-    probe_arch=r"[A-Za-z0-9_]+",
-    probe_eps=r"[0-9]+(\.[0-9]+)?",
-    probe_seed=r"[0-9]+",
+    **jobs.WILDCARDS,
+
+
+def out(kind: jobs.Kind, name: str) -> str:
+    """A rule's output pattern: file `name` of every job of `kind`, with wildcards."""
+    return kind.template(RESULTS, name)
 
 
 def model_key(wc) -> ModelKey:
@@ -38,8 +33,17 @@ def dataset_dir(name: str) -> str:
     return f"{RESULTS}/data/{name}"
 
 
+def dataset_meta(name: str) -> str:
+    return f"{dataset_dir(name)}/meta.json"
+
+
+def source_meta(wc) -> str:
+    """The source dataset a model job reads."""
+    return dataset_meta(wc.source)
+
+
 def model_file(key: ModelKey) -> str:
-    return f"{RESULTS}/models/{key.path}/model.pt"
+    return jobs.Job(jobs.MODEL, key).path(RESULTS, "model")
 
 
 def job_seed(*parts) -> int:
@@ -49,76 +53,188 @@ def job_seed(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode()) % (2**31)
 
 
-def experiment_models(analysis: str | None = None):
-    for name, key in iter_models(config):
-        exp = config["experiments"][name]
-        if analysis is None or analysis in exp["analyses"]:
-            yield name, key
-
-
-def transfer_jobs():
-    """(model, target, mode) for every transfer the config asks for, deduplicated."""
-    keys = {k.path: k for _, k in iter_models(config)}
-    for path, target, mode in transfer_experiments(config):
-        yield keys[path], target, mode
-
-
-def probe_of(key: ModelKey) -> ModelKey:
-    """Feature extractor for the task distance of `key`'s transfers (atlib.config.probe_of)."""
-    return config_probe_of(key, config["distance"])
-
-
-def distance_jobs():
-    """(probe model, dataset): the source and every target, for each probe."""
-    seen = set()
-    for key, target, _ in transfer_jobs():
-        probe = probe_of(key)
-        for ds in (key.source, target):
-            if (probe.path, ds) not in seen:
-                seen.add((probe.path, ds))
-                yield probe, ds
-
-
-def all_models():
-    return sorted({model_file(k) for _, k in iter_models(config)})
-
-
-def all_transfers():
-    return [f"{RESULTS}/transfer/{k.path}/{t}/mode{m}/metrics.json" for k, t, m in transfer_jobs()]
-
-
-def all_distances():
-    return [f"{RESULTS}/distance/{p.path}/{ds}.json" for p, ds in distance_jobs()]
-
-
-def all_fisher():
-    return sorted({f"{RESULTS}/fisher/{k.path}/summary.json" for _, k in experiment_models("fisher")})
-
-
-def all_representation():
-    return sorted({f"{RESULTS}/representation/{k.path}/summary.json" for _, k in experiment_models("representation")})
-
-
-def all_invert():
-    """curve.csv and recon.npz (originals + reconstructions for the report's image grid) of every inversion."""
-    return sorted({f"{RESULTS}/invert/{k.path}/{m}/{f}" for _, k in experiment_models("invert")
-                   for m in config["invert"]["methods"] for f in ("curve.csv", "recon.npz")})
+# --------------------------------------------------------------------------- targets
 
 
 def all_results():
-    """Every per-job result (what `aggregate` and `track` read)."""
-    return all_models() + all_transfers() + all_distances() + all_fisher() + all_representation() + all_invert()
+    """Every per-job result (what `aggregate` and `track` read come from these)."""
+    return jobs.outputs(jobs.result_jobs(config), RESULTS)
 
 
 def report_inputs():
-    """Every file `aggregate` reads (atlib.report.load): the results plus their histories and side files."""
-    models = sorted({k.path for _, k in iter_models(config)})
-    sides = [f"{RESULTS}/models/{m}/{f}" for m in models for f in ("metrics.json", "history.csv")]
-    sides += [f.replace("metrics.json", "history.csv") for f in all_transfers()]
-    sides += [f.replace("summary.json", "tsne.csv") for f in all_representation()]
-    sides += [f.replace("curve.csv", "summary.json") for f in all_invert() if f.endswith("curve.csv")]
-    return all_results() + sides
+    """Every file `aggregate` reads (atlib.report.load)."""
+    return jobs.report_inputs(config, RESULTS)
+
+
+def track_inputs():
+    """Every file `track` reads: the results (logs are not inputs, see track.smk) and the report."""
+    return jobs.track_inputs(config, RESULTS)
 
 
 def all_targets():
-    return all_results() + [f"{RESULTS}/report/summary.md", f"{RESULTS}/tracking/ingest.json"]
+    return all_results() + [jobs.REPORT.template(RESULTS, "summary"), jobs.TRACK.template(RESULTS, "summary")]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def derived_base(wc):
+    spec = config["datasets"].get(wc.dataset)
+    return [dataset_meta(spec["base"])] if spec else []
+
+
+# --------------------------------------------------------------------------- source models
+
+
+def pretrained_source(wc):
+    """(name, source_models entry) imported as this model, or None to train it."""
+    return pretrained_entry(config, experiment_of(wc), wc.eps)
+
+
+def pretrained_input(wc) -> list[str]:
+    """The weights file an import reads; none when the job may download it (allow_download)."""
+    got = pretrained_source(wc)
+    path = source_file(got[1]) if got else None
+    return [str(path)] if path is not None and (path.is_file() or not got[1]["allow_download"]) else []
+
+
+def train_seed(wc) -> int:
+    # eps is left out on purpose: models that differ only in eps share initialization and data
+    # order, so robust-vs-standard gaps are paired comparisons.
+    return job_seed("train_source", wc.source, wc.arch, wc.seed)
+
+
+# --------------------------------------------------------------------------- transfer
+
+
+def finetune_schedule(key: ModelKey, target: str, mode: int) -> dict:
+    name = TRANSFER_EXPERIMENT[(key.path, target, mode)]
+    return config["finetune_schedules"][config["experiments"][name]["finetune"]]
+
+
+def transfer_mem_mb(arch: str) -> int:
+    # Mode 0 holds the trunk outputs of the whole target in memory (finetune_schedules.*.cache_max_mb).
+    return {"resnet8": 2500, "resnet18": 8000, "resnet50": 20000}.get(arch, 48000)
+
+
+def transfer_job(key: ModelKey, target: str, mode: int) -> dict:
+    """What the transfer script needs for one (model, target, mode); eps is left out of the seed on
+    purpose (as in train_seed): the standard and robust transfers of one seed share head
+    initialization, data order and attack noise, a paired comparison."""
+    job = jobs.Job(jobs.TRANSFER, key, target=target, mode=mode)
+    return dict(target=target, mode=mode, target_dir=dataset_dir(target),
+                out_dir=job.dir(RESULTS), model_key=key.path,
+                arch=key.arch, schedule=finetune_schedule(key, target, mode),
+                seed=job_seed("transfer", key.source, key.arch, key.seed, target, mode),
+                wildcards=job.wildcards)
+
+
+def wildcard_transfer_job(wc) -> list[dict]:
+    return [transfer_job(model_key(wc), wc.target, int(wc.mode))]
+
+
+def batched_mode0():
+    """{model path: (key, [mode-0 transfer jobs])} run as one job per model (batch_jobs)."""
+    if not config["batch_jobs"]:
+        return {}
+    return jobs.by_model(j for j in jobs.transfers(config) if j.mode == 0)
+
+
+# --------------------------------------------------------------------------- distances
+
+
+def feature_job(probe: ModelKey, dataset: str) -> dict:
+    # Same images of a dataset for every probe (the seed leaves the probe out).
+    return dict(dataset=dataset, data=dataset_meta(dataset),
+                out=jobs.Job(jobs.FEATURES, probe, dataset=dataset).path(RESULTS, "features"),
+                seed=job_seed("features", dataset))
+
+
+def distance_job(probe: ModelKey, dataset: str) -> dict:
+    def feats(ds):
+        return jobs.Job(jobs.FEATURES, probe, dataset=ds).path(RESULTS, "features")
+
+    return dict(source=feats(probe.source), target=feats(dataset),
+                source_data=dataset_meta(probe.source), target_data=dataset_meta(dataset),
+                out=jobs.Job(jobs.DISTANCE, probe, dataset=dataset).path(RESULTS, "json"),
+                seed=job_seed("otdd", probe.path))
+
+
+def batched_distances():
+    """{probe path: (probe, [distance jobs of the source and targets])} run as one job per probe."""
+    return jobs.by_model(jobs.distances(config)) if config["batch_jobs"] else {}
+
+
+DISTANCE_PARAMS = dict(max_images=config["distance"]["max_images"], batch_size=config["distance"]["batch_size"],
+                       gamma=config["distance"]["gamma"], pca_dim=config["distance"]["pca_dim"],
+                       otdd_points=config["distance"]["otdd_points"],
+                       task2vec_images=config["distance"]["task2vec_images"], device=config["device"])
+
+
+def wildcard_features(wc, dataset: str) -> str:
+    return jobs.Job(jobs.FEATURES, model_key(wc), dataset=dataset).path(RESULTS, "features")
+
+
+# --------------------------------------------------------------------------- analyses
+
+
+def analysis_mem(arch: str) -> int:
+    """Per-sample gradients take chunk x parameters floats: more for the big backbones."""
+    return {"resnet8": 2000, "resnet18": 8000}.get(arch, 24000)
+
+
+ANALYSIS_KINDS = {"fisher": jobs.FISHER, "representation": jobs.REPRESENTATION, "invert": jobs.INVERT}
+ANALYSIS_NAMES = {kind: name for name, kind in ANALYSIS_KINDS.items()}
+# Figures shown in `snakemake --report`: (output name, category, subcategory, labels); wildcards in
+# braces, filled from the job where the rule has none (analyses_*).
+ANALYSIS_FIGURES = {
+    "representation": ("tsne_png", "Representations", "{source} {arch}",
+                       {"model": "{tag}{eps} s{seed}", "figure": "t-SNE"}),
+    "invert": ("images", "Inversion", "{source} {arch} {tag}{eps}", {"model": "{tag}{eps} s{seed}", "method": "{method}"}),
+}
+
+
+def analysis_outputs(kind: str, job: jobs.Job | None = None) -> dict:
+    """Output files of analysis `kind`: patterns with wildcards, or one `job`'s files (a rule without
+    wildcards); its figure flagged for the report."""
+    files = job.outputs(RESULTS) if job else {name: out(ANALYSIS_KINDS[kind], name) for name, _ in
+                                              ANALYSIS_KINDS[kind].files}
+    if kind in ANALYSIS_FIGURES:
+        name, category, sub, labels = ANALYSIS_FIGURES[kind]
+        fill = (lambda s: s) if job is None else (lambda s: s.format(**job.wildcards))
+        files[name] = report(files[name], category=category, subcategory=fill(sub),
+                             labels={k: fill(v) for k, v in labels.items()})
+    return files
+
+
+def analysis_job(key: ModelKey, kind: str, method: str | None = None) -> dict:
+    """What the analysis script needs for one analysis of one model. The seed leaves out eps (every
+    eps of a source is measured on the same images and probes) and the inversion method (every method
+    starts from the same r_0 and inverts the same images, so their loss curves are paired)."""
+    job = jobs.Job(ANALYSIS_KINDS[kind], key, method=method)
+    fisher = [jobs.Job(jobs.FISHER, key).path(RESULTS, "fisher")] if kind == "invert" and method != "plain" else []
+    return dict(kind=kind, method=method, model=model_file(key), data=dataset_meta(key.source),
+                fisher=fisher, out_dir=job.dir(RESULTS), outputs=list(job.outputs(RESULTS).values()),
+                eps=float(key.eps), cfg=config[kind], seed=job_seed(kind, key.source, key.seed))
+
+
+def batched_analyses():
+    """{model path: (key, [its analysis jobs, fisher first: inversion reads its Sigma*])} run as one
+    job per model (batch_jobs)."""
+    if not config["batch_jobs"]:
+        return {}
+    return jobs.by_model(jobs.fisher(config) + jobs.representation(config) + jobs.invert(config))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report_category(wc) -> str:
+    name = wc.name
+    if name.startswith(("claims", "paper_comparison")):
+        return "1. Claims and paper comparison"
+    if name.startswith(("table_", "transfers", "sources", "correlations")):
+        return "2. Tables"
+    if name.startswith(("gap_vs_distance", "mode_comparison", "learning_curves", "source_tradeoff")):
+        return "3. Transfer figures"
+    return "4. Information, representations, inversion"

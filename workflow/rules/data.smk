@@ -1,16 +1,11 @@
 # prepare_dataset: registered or derived dataset -> the uniform format under results/data/.
 
 
-def derived_base(wc):
-    spec = config["datasets"].get(wc.dataset)
-    return [f"{dataset_dir(spec['base'])}/meta.json"] if spec else []
-
-
 rule prepare_dataset:
     input:
         base=derived_base,
     output:
-        meta=f"{RESULTS}/data/{{dataset}}/meta.json",
+        meta=dataset_meta("{dataset}"),
     params:
         derived=lambda wc: config["datasets"].get(wc.dataset),
         data_root=config["data_root"],

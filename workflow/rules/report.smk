@@ -11,35 +11,23 @@ localrules:
     aggregate,
 
 
-def report_category(wc) -> str:
-    name = wc.name
-    if name.startswith(("claims", "paper_comparison")):
-        return "1. Claims and paper comparison"
-    if name.startswith(("table_", "transfers", "sources", "correlations")):
-        return "2. Tables"
-    if name.startswith(("gap_vs_distance", "mode_comparison", "learning_curves", "source_tradeoff")):
-        return "3. Transfer figures"
-    return "4. Information, representations, inversion"
-
-
 rule aggregate:
     input:
         report_inputs(),
     output:
-        summary=f"{RESULTS}/report/summary.md",
+        summary=out(jobs.REPORT, "summary"),
         report=report(
-            directory(f"{RESULTS}/report"),
+            directory(f"{RESULTS}/{jobs.REPORT.folder}"),
             patterns=["{name}.png", "{name}.html"],
             caption="../report/result.rst",
             category=report_category,
         ),
     params:
-        results=RESULTS,
         # What the report computes from (so a change reruns it); the rest of the config is read too.
         report=config["report"],
         probe=config["distance"]["probe"],
     log:
-        f"{RESULTS}/logs/aggregate/aggregate.log",
+        jobs.REPORT.log(RESULTS),
     resources:
         mem_mb=4000,
     conda:

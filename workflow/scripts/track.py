@@ -11,7 +11,7 @@ sm = snakemake  # noqa: F821 - injected by Snakemake
 with job_logging(sm.log[0]):
     p = sm.params
     try:
-        summary = ingest(p.results, p.uri, p.experiment, sm.config, git_commit(p.code_dir))
+        summary = ingest(sm.config["results"], p.uri, p.experiment, sm.config, git_commit(p.code_dir))
     except TrackingError as err:
         raise SystemExit(str(err)) from None
     summary["config_hash"] = p.config_hash

@@ -15,7 +15,7 @@ from atlib.train import TrainingError, train_source
 
 def main(sm) -> None:
     wc, p = sm.wildcards, sm.params
-    with job_logging(sm.log[0]) as log, live_for_job(p.tracking, p.results, sm.output.metrics, "train_source",
+    with job_logging(sm.log[0]) as log, live_for_job(p.tracking, sm.config["results"], sm.output.metrics, "train_source",
                                                       dict(wc.items())) as live:
         common = dict(arch=wc.arch, eps=float(wc.eps), seed=int(wc.seed), rng_seed=p.rng_seed,
                       schedule=p.schedule, device=p.device, threads=sm.threads, log=log)

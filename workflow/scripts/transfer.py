@@ -13,7 +13,7 @@ p = sm.params
 with job_logging(sm.log[0]) as log:
     for job in p.jobs:  # one job, or every mode-0 target of one model (batch_mode0)
         metrics = f"{job['out_dir']}/metrics.json"
-        with live_for_job(p.tracking, p.results, metrics, "transfer", job["wildcards"]) as live:
+        with live_for_job(p.tracking, sm.config["results"], metrics, "transfer", job["wildcards"]) as live:
             try:
                 transfer(sm.input.model, job["target_dir"], job["out_dir"], mode=job["mode"],
                          schedule=job["schedule"], seed=job["seed"], device=p.device, threads=sm.threads, log=log,
