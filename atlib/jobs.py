@@ -85,6 +85,8 @@ REPRESENTATION = Kind("representation", "representation", MODEL_PATH,
 INVERT = Kind("invert", "invert", MODEL_PATH + "/{method}",
               (("images", "images.png"), ("curve", "curve.csv"), ("summary", "summary.json"), ("recon", "recon.npz")))
 REPORT = Kind("aggregate", "report", "", (("summary", "summary.md"),))
+# The MLflow ingest in two jobs: every result while the report is made, then the report.
+TRACK_RESULTS = Kind("track_results", "tracking", "", (("summary", "results.json"),))
 TRACK = Kind("track", "tracking", "", (("summary", "ingest.json"),))
 
 # The outputs atlib.report.load reads, by kind (it reads nothing of the feature caches).
@@ -204,11 +206,10 @@ def report_inputs(config: dict, results: str) -> list[str]:
 
 
 def track_inputs(config: dict, results: str) -> list[str]:
-    """Every result file the MLflow ingest reads (the `track` rule's input): the jobs' outputs but
-    model weights and Fisher tensors (too big to hash as artifacts), and the report."""
+    """Every result file the MLflow ingest of the jobs reads (the `track_results` rule's input): the
+    jobs' outputs but model weights and Fisher tensors (too big to hash as artifacts)."""
     big = ("model", "fisher")
-    return [f for job in result_jobs(config) for name, f in job.outputs(results).items() if name not in big] \
-        + [REPORT.template(results, "summary")]
+    return [f for job in result_jobs(config) for name, f in job.outputs(results).items() if name not in big]
 
 
 def by_model(jobs: Iterable[Job]) -> dict[str, tuple[ModelKey, list[Job]]]:

@@ -533,7 +533,7 @@ def job_tags(job: Job, params: dict[str, str]) -> dict[str, str]:
 
 
 def ingest(results_dir: str | Path, uri: str | None = None, experiment: str = "atlib", config: dict | None = None,
-           git_commit: str | None = None) -> dict[str, Any]:
+           git_commit: str | None = None, part: str = "all") -> dict[str, Any]:
     """Make the MLflow experiment mirror the results tree: one run per finished job.
 
     Args:
@@ -542,6 +542,8 @@ def ingest(results_dir: str | Path, uri: str | None = None, experiment: str = "a
         experiment: MLflow experiment name.
         config: the workflow config (checked, defaults filled): params and the config hash.
         git_commit: commit of the code that produced the results (tag), if known.
+        part: "all"; or "results" (every job but the report) and then "report", so that the jobs'
+            runs are logged while the report is still being made (the workflow's two track rules).
 
     Returns: {"uri", "experiment", "experiment_id", "jobs", "created", "updated", "skipped",
         "relinked" (unchanged runs given their current name or parent), "stale_kept" (job_keys of
@@ -556,10 +558,18 @@ def ingest(results_dir: str | Path, uri: str | None = None, experiment: str = "a
 
     uri = uri or default_uri(results_dir)
     try:
-        return _ingest(Path(results_dir), uri, experiment, config, git_commit)
+        return _ingest(Path(results_dir), uri, experiment, config, git_commit, part)
     except (MlflowException, SQLAlchemyError, OSError, requests.RequestException) as err:
         raise TrackingError(f"MLflow store {uri} failed ({type(err).__name__}: {str(err)[:500]}). Fix it (or set "
                             "tracking.uri) and rerun the `track` rule; result files are unaffected.") from None
+
+
+def _rule_of(key: str) -> str:
+    """The rule of a stored run's job_key ("" for a key no job kind matches, kept with the results)."""
+    try:
+        return parse_key(key)[0].rule
+    except ValueError:
+        return ""
 
 
 def _relink(client, run, name: str, parent: str | None) -> bool:
@@ -577,7 +587,15 @@ def _relink(client, run, name: str, parent: str | None) -> bool:
     return changed
 
 
-def _ingest(results: Path, uri: str, experiment: str, config: dict | None, git_commit: str | None) -> dict[str, Any]:
+def in_part(rule: str, part: str) -> bool:
+    """Whether jobs of `rule` belong to an ingest `part` (see `ingest`)."""
+    if part not in ("all", "results", "report"):
+        raise ValueError(f"ingest part {part!r}: expected all, results or report")
+    return part == "all" or (rule == "aggregate") == (part == "report")
+
+
+def _ingest(results: Path, uri: str, experiment: str, config: dict | None, git_commit: str | None,
+            part: str = "all") -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from . import provenance
@@ -586,10 +604,11 @@ def _ingest(results: Path, uri: str, experiment: str, config: dict | None, git_c
     t0 = time.time()
     _check_reachable(uri)
     # Source models first: their run ids are the parents of everything else.
-    jobs = sorted(find_jobs(results), key=lambda j: (j.kind.rule != "train_source", j.key))
+    jobs = sorted((j for j in find_jobs(results) if in_part(j.kind.rule, part)),
+                  key=lambda j: (j.kind.rule != "train_source", j.key))
     client = MlflowClient(tracking_uri=uri)
     exp_id = _experiment_id(client, experiment, _artifact_root(uri, results))
-    existing = _runs_by_key(client, exp_id)
+    existing = {k: runs for k, runs in _runs_by_key(client, exp_id).items() if in_part(_rule_of(k), part)}
     common = {"config_hash": config_hash(config) if config else "", "git_commit": git_commit or ""}
     common = {k: v for k, v in common.items() if v}
     if git_commit:

@@ -156,6 +156,21 @@ def test_ingest_twice_is_idempotent_with_tags_and_histories(results, config):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
+def test_ingest_in_two_parts_equals_one_ingest(results, config):
+    """The workflow's track_results (every job but the report) then track (the report): the same
+    runs as one ingest, and neither part counts the other's runs as stale or deletes them."""
+    uri = default_uri(results)
+    first = ingest(results, uri, "atlib", config, part="results")
+    assert (first["created"], first["jobs"], first["stale_kept"]) == (7, 7, [])
+    second = ingest(results, uri, "atlib", config, part="report")
+    assert (second["created"], second["jobs"], second["stale_kept"]) == (1, 1, [])
+    again = ingest(results, uri, "atlib", config)
+    assert (again["created"], again["updated"], again["skipped"]) == (0, 0, 8)
+    assert {r.data.tags["job_key"] for r in _runs(uri)[1]} >= {"report", "models/src/resnet8/eps0/s0"}
+    with pytest.raises(ValueError, match="ingest part"):
+        ingest(results, uri, "atlib", config, part="models")
+
+
 def _snapshot(runs) -> dict:
     """What the UI shows of each run: id, name, times, status, tags, metrics, params."""
     return {r.data.tags["job_key"]: (r.info.run_id, r.info.run_name, r.info.start_time, r.info.end_time, r.info.status,

@@ -169,7 +169,7 @@ def test_tiny_rebuild_one_target_reruns_only_it_and_aggregates(tiny_run):
     r = snakemake("all", "-n", "-d", str(tiny_run), "--configfile", str(ROOT / "tests/configs/tiny.yaml"),
                   "--config", "results=results", "--forcerun", target)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert job_counts(r.stdout) == {"transfer": 1, "aggregate": 1, "track": 1, "all": 1}
+    assert job_counts(r.stdout) == {"transfer": 1, "aggregate": 1, "track_results": 1, "track": 1, "all": 1}
 
 
 def test_batch_jobs_give_the_same_results_in_fewer_jobs(tiny_run, tmp_path):

@@ -1,4 +1,5 @@
-"""Rule track: idempotent ingest of the results tree into MLflow; writes a summary json."""
+"""Rules track_results and track: idempotent ingest of the results tree into MLflow (the jobs'
+runs, then the report's); each writes a summary json, track's the whole ingest's."""
 
 import json
 import logging
@@ -7,13 +8,19 @@ from pathlib import Path
 from atlib.logs import job_logging
 from atlib.tracking import TrackingError, git_commit, ingest
 
+COUNTS = ("jobs", "created", "updated", "skipped", "relinked", "seconds")
+
 sm = snakemake  # noqa: F821 - injected by Snakemake
 with job_logging(sm.log[0]):
     p = sm.params
     try:
-        summary = ingest(sm.config["results"], p.uri, p.experiment, sm.config, git_commit(p.code_dir))
+        summary = ingest(sm.config["results"], p.uri, p.experiment, sm.config, git_commit(p.code_dir), part=p.part)
     except TrackingError as err:
         raise SystemExit(str(err)) from None
+    if p.part == "report":  # the whole ingest: the jobs' part (track_results) plus the report's
+        first = json.loads(Path(sm.input.results).read_text())
+        summary |= {k: round(first[k] + summary[k], 2) for k in COUNTS}
+        summary["stale_kept"] = sorted(first["stale_kept"] + summary["stale_kept"])
     summary["config_hash"] = p.config_hash
     Path(sm.output.summary).write_text(json.dumps(summary, indent=2) + "\n")
     logging.info("MLflow: %(created)d runs created, %(updated)d updated (changed results or an older layout), "
