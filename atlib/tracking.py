@@ -542,7 +542,7 @@ def ingest(results_dir: str | Path, uri: str | None = None, experiment: str = "a
         experiment: MLflow experiment name.
         config: the workflow config (checked, defaults filled): params and the config hash.
         git_commit: commit of the code that produced the results (tag), if known.
-        part: "all"; or "results" (every job but the report) and then "report", so that the jobs'
+        part: "all"; or "jobs" (every job but the report) and then "report", so that the jobs'
             runs are logged while the report is still being made (the workflow's two track rules).
 
     Returns: {"uri", "experiment", "experiment_id", "jobs", "created", "updated", "skipped",
@@ -589,8 +589,8 @@ def _relink(client, run, name: str, parent: str | None) -> bool:
 
 def in_part(rule: str, part: str) -> bool:
     """Whether jobs of `rule` belong to an ingest `part` (see `ingest`)."""
-    if part not in ("all", "results", "report"):
-        raise ValueError(f"ingest part {part!r}: expected all, results or report")
+    if part not in ("all", "jobs", "report"):
+        raise ValueError(f"ingest part {part!r}: expected all, jobs or report")
     return part == "all" or (rule == "aggregate") == (part == "report")
 
 

@@ -160,7 +160,7 @@ def test_ingest_in_two_parts_equals_one_ingest(results, config):
     """The workflow's track_results (every job but the report) then track (the report): the same
     runs as one ingest, and neither part counts the other's runs as stale or deletes them."""
     uri = default_uri(results)
-    first = ingest(results, uri, "atlib", config, part="results")
+    first = ingest(results, uri, "atlib", config, part="jobs")
     assert (first["created"], first["jobs"], first["stale_kept"]) == (7, 7, [])
     second = ingest(results, uri, "atlib", config, part="report")
     assert (second["created"], second["jobs"], second["stale_kept"]) == (1, 1, [])

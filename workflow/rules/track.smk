@@ -17,7 +17,7 @@ rule track_results:
     output:
         summary=out(jobs.TRACK_RESULTS, "summary"),
     params:
-        part="results",
+        part="jobs",
         uri=config["tracking"]["uri"] or default_uri(RESULTS),
         experiment=config["tracking"]["experiment"],
         config_hash=config_hash(config),
