@@ -1,0 +1,63 @@
+"""The repository's own consistency: the conda environment pins the venv's torch, the Snakemake
+files pass `snakefmt --check` and `snakemake --lint`."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parent.parent
+# Snakemake runs the jobs from outside the conda environment: the environment needs what jobs import.
+NOT_IN_JOBS = {"snakemake", "snakemake-executor-plugin-slurm"}
+
+
+def _name(req: str) -> str:
+    """A requirement's normalized project name (`Jinja2` -> `jinja2`, `a_b` -> `a-b`)."""
+    return re.sub(r"[-_.]+", "-", Requirement(req).name).lower()
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    """{name: version} of the `name==version` requirements among `lines`."""
+    pins = {}
+    for line in lines:
+        req = Requirement(line)
+        exact = [s.version for s in req.specifier if s.operator == "=="]
+        if exact:
+            pins[_name(line)] = exact[0]
+    return pins
+
+
+def conda_env() -> tuple[list[str], list[str]]:
+    """(conda packages, pip requirements) of envs/atlib.yaml."""
+    deps = yaml.safe_load((ROOT / "envs" / "atlib.yaml").read_text())["dependencies"]
+    pip = [r for d in deps if isinstance(d, dict) for r in d.get("pip", [])]
+    return [d for d in deps if isinstance(d, str)], pip
+
+
+def test_conda_env_pins_the_torch_the_venv_pins():
+    conda, pip = conda_env()
+    constraints = [ln.split("#")[0].strip() for ln in (ROOT / "envs" / "constraints.txt").read_text().splitlines()]
+    pinned = _pins([c for c in constraints if c])
+    assert {"torch", "torchvision"} <= set(pinned)
+    env = _pins(pip)
+    assert {k: env.get(k) for k in ("torch", "torchvision")} == {k: pinned[k] for k in ("torch", "torchvision")}
+    make = re.findall(r"\btorch==([\w.+]+)", (ROOT / "Makefile").read_text())
+    assert make and set(make) == {pinned["torch"]}
+    # One torch only: a conda pytorch (or a conda package built on it) would sit beside pip's.
+    assert not {"pytorch", "pytorch-cuda", "torchvision", "timm"} & {re.split(r"[<>=! ]", c)[0] for c in conda}
+
+
+def test_conda_env_has_every_dependency_of_the_jobs():
+    conda, pip = conda_env()
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    have = {re.sub(r"[-_.]+", "-", re.split(r"[<>=! ]", c)[0]).lower() for c in conda} | {_name(p) for p in pip}
+    missing = {_name(d) for d in deps} - NOT_IN_JOBS - have
+    assert not missing, f"in pyproject.toml's dependencies but not in envs/atlib.yaml: {sorted(missing)}"
