@@ -61,3 +61,29 @@ def test_conda_env_has_every_dependency_of_the_jobs():
     have = {re.sub(r"[-_.]+", "-", re.split(r"[<>=! ]", c)[0]).lower() for c in conda} | {_name(p) for p in pip}
     missing = {_name(d) for d in deps} - NOT_IN_JOBS - have
     assert not missing, f"in pyproject.toml's dependencies but not in envs/atlib.yaml: {sorted(missing)}"
+
+
+def _tool(name: str) -> str:
+    """The console script `name` of this environment (else on PATH); the test is skipped without it."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.is_file() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]' installs it)")
+    return found
+
+
+def test_snakemake_files_are_formatted():
+    """snakefmt (settings in pyproject.toml) would change no rule file; `snakefmt FILE` fixes one."""
+    r = subprocess.run([_tool("snakefmt"), "--check", "--compact-diff", "Snakefile", "workflow", "tests/workflows"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+
+
+@pytest.mark.parametrize("config", ["config/demo.yaml", "config/config.yaml"])
+def test_snakemake_lint_is_clean(config, tmp_path):
+    """`snakemake --lint` finds nothing in the workflow as either config expands it."""
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", config,
+                        "--config", f"results={tmp_path}/results"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    titles = [ln.strip() for ln in (r.stdout + r.stderr).splitlines() if ln.startswith(("Lints for", "    * "))]
+    assert r.returncode == 0 and not titles, "\n".join(titles) or (r.stdout + r.stderr)[-3000:]
