@@ -1,8 +1,9 @@
 """The repository's own consistency: the conda environment pins the venv's torch, the Snakemake
-files pass `snakefmt --check` and `snakemake --lint`."""
+files pass `snakefmt --check` and `snakemake --lint`, no function in atlib is over 80 lines."""
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -17,6 +18,8 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parent.parent
 # Snakemake runs the jobs from outside the conda environment: the environment needs what jobs import.
 NOT_IN_JOBS = {"snakemake", "snakemake-executor-plugin-slurm"}
+# The longest function the library may have: one idea per function, readable in one screen.
+MAX_FUNCTION_LINES = 80
 
 
 def _name(req: str) -> str:
@@ -87,3 +90,14 @@ def test_snakemake_lint_is_clean(config, tmp_path):
                        timeout=300)
     titles = [ln.strip() for ln in (r.stdout + r.stderr).splitlines() if ln.startswith(("Lints for", "    * "))]
     assert r.returncode == 0 and not titles, "\n".join(titles) or (r.stdout + r.stderr)[-3000:]
+
+
+def test_no_library_function_is_longer_than_a_screen():
+    long = []
+    for path in sorted((ROOT / "atlib").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "split these:\n" + "\n".join(long)
