@@ -28,8 +28,16 @@ except ConfigError as err:
 missing = missing_source_files(config)
 if missing:
     raise WorkflowError("\n".join(missing))
-# Read by atlib.data.Prepared in every job, wherever the job opens a dataset.
-os.environ["ATLIB_VERIFY_DATA"] = "1" if config["verify_data"] else "0"
+# Read by atlib.data.Prepared in every job, wherever the job opens a dataset. (A line of its own:
+# `snakemake --lint` would read the whole line after `os.environ[` as the variable's name.)
+verify_data = "1" if config["verify_data"] else "0"
+os.environ["ATLIB_VERIFY_DATA"] = verify_data
+
+
+# Both set above; declared, so that executors that do not share this environment pass them to jobs.
+envvars:
+    "PYTHONPATH",
+    "ATLIB_VERIFY_DATA",
 
 
 include: "workflow/rules/common.smk"

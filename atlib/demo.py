@@ -1,5 +1,9 @@
 """`make demo`: run the offline demo DAG, build the HTML report, say where everything is.
 
+The terminal shows one line per finished job (rule, wildcards, seconds) with the overall progress,
+and for a failed job its log's last lines (atlib.progress); each job writes everything else to its
+rule's `log:` file (atlib.logs), Snakemake's full output goes to `<results>/logs/snakemake.log`.
+
 With `--measure FILE` it also records wall time and the peak memory of the whole process
 tree (all concurrent jobs together) as JSON, for `make bench`.
 
@@ -18,8 +22,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable, TextIO
 
 import psutil
+
+from .progress import Digest, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,10 +41,26 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_measured(cmd: list[str]) -> tuple[int, float, float]:
-    """Run `cmd`; return (exit code, wall seconds, peak RSS of its process tree in MB)."""
+def _drain(stream: TextIO, on_line: Callable[[str], None]) -> None:
+    """Pass every line of `stream` to `on_line` until it closes."""
+    while True:
+        try:
+            for line in stream:
+                on_line(line)
+            return
+        except KeyboardInterrupt:
+            continue  # Snakemake got the same Ctrl-C: keep reading while it stops its jobs
+
+
+def run_measured(cmd: list[str], on_line: Callable[[str], None] | None = None) -> tuple[int, float, float]:
+    """Run `cmd`; return (exit code, wall seconds, peak RSS of its process tree in MB).
+
+    With `on_line`, its stdout and stderr go (merged, line by line) there instead of the terminal.
+    """
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    piped = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                 env={**os.environ, "PYTHONUNBUFFERED": "1"}) if on_line else {}
+    proc = subprocess.Popen(cmd, cwd=ROOT, **piped)
     peak = 0
     ps = psutil.Process(proc.pid)
     stop = threading.Event()
@@ -53,6 +76,8 @@ def run_measured(cmd: list[str]) -> tuple[int, float, float]:
 
     t = threading.Thread(target=poll, daemon=True)
     t.start()
+    if on_line is not None:
+        _drain(proc.stdout, on_line)
     code = proc.wait()
     stop.set()
     t.join()
@@ -99,9 +124,29 @@ def clear_stale_lock(configs: list[str], results: str, workdir: Path = ROOT) -> 
 
 def run_workflow(configs: list[str], results: str, workdir: Path = ROOT,
                  targets: tuple[str, ...] = ()) -> tuple[int, float, float]:
-    """The DAG (all, or `targets`) after a stale lock is cleared: (exit code, wall seconds, peak RSS in MB)."""
+    """The DAG (all, or `targets`) after a stale lock is cleared: (exit code, wall seconds, peak RSS in MB).
+
+    Prints one line per finished job and each failure's log (atlib.progress); Snakemake's whole output
+    goes to `<results>/logs/snakemake.log`, whose last lines are printed when it failed outside any job.
+    """
     clear_stale_lock(configs, results, workdir)
-    return run_measured(snakemake_cmd(configs, results, workdir=workdir, targets=targets))
+    full = Path(workdir) / results / "logs" / "snakemake.log"
+    full.parent.mkdir(parents=True, exist_ok=True)
+    digest = Digest(Path(workdir))
+    print(f"demo: Snakemake's full output goes to {full}", flush=True)
+    with full.open("w") as copy:
+        def on_line(line: str) -> None:
+            copy.write(line)
+            copy.flush()
+            for out in digest.feed(line):
+                print(out, flush=True)
+
+        result = run_measured(snakemake_cmd(configs, results, workdir=workdir, targets=targets), on_line)
+    for out in digest.close_block():
+        print(out, flush=True)
+    if result[0] != 0 and not digest.failures:
+        print(f"demo: Snakemake stopped (exit {result[0]}); the end of {full}:", *tail(full, 30), sep="\n  ")
+    return result
 
 
 def main() -> None:
@@ -115,7 +160,10 @@ def main() -> None:
     if code != 0:
         raise SystemExit(f"demo: snakemake failed (exit {code}); see the log named above")
     report = Path(args.results) / "report" / "report.html"
-    subprocess.run(snakemake_cmd(args.config, args.results, "--report", str(report)), cwd=ROOT, check=True)
+    r = subprocess.run(snakemake_cmd(args.config, args.results, "--report", str(report)), cwd=ROOT,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"demo: the HTML report failed (exit {r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
     if args.measure:
         args.measure.parent.mkdir(parents=True, exist_ok=True)
         args.measure.write_text(json.dumps({"wall_s": round(wall, 1), "peak_rss_mb": round(rss, 1),

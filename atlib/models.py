@@ -240,3 +240,21 @@ def weight_norm(model: nn.Module, dtype: torch.dtype = torch.float32) -> float:
     """
     with torch.no_grad():
         return float(torch.sqrt(sum(p.detach().to(dtype).pow(2).sum() for p in model.parameters())))
+
+
+# A cluster job's memory (MB) by architecture and job kind, the one table the rule files read.
+# train: a training step; transfer: mode 0 also holds the trunk outputs of the whole target
+# (finetune_schedules.*.cache_max_mb); analysis (fisher, invert): per-sample gradients take chunk x
+# parameters floats. Architectures not listed (zoo imports: wide ResNets, ...) get OTHER_MEM_MB.
+JOB_MEM_MB: dict[str, dict[str, int]] = {
+    "resnet8": {"train": 4000, "transfer": 2500, "analysis": 2000},
+    "resnet18": {"train": 4000, "transfer": 8000, "analysis": 8000},
+    "resnet50": {"train": 16000, "transfer": 20000, "analysis": 24000},
+    "resnet50_imagenet": {"train": 16000, "transfer": 48000, "analysis": 24000},
+}
+OTHER_MEM_MB: dict[str, int] = {"train": 4000, "transfer": 48000, "analysis": 24000}
+
+
+def job_mem_mb(arch: str, job: str) -> int:
+    """Memory (MB) a `job` ('train', 'transfer' or 'analysis') on `arch` asks the cluster for."""
+    return JOB_MEM_MB.get(arch, OTHER_MEM_MB)[job]

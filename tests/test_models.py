@@ -55,3 +55,15 @@ def test_unknown_arch():
     with pytest.raises(ValueError, match="unknown arch 'vgg'"):
         build_model("vgg", 3)
     assert {"resnet8", "resnet18", "resnet50", "resnet50_imagenet"} <= set(ARCHS)
+
+
+def test_job_memory_table_covers_every_arch_and_grows_with_the_network():
+    from atlib.models import JOB_MEM_MB, OTHER_MEM_MB, job_mem_mb
+
+    assert set(JOB_MEM_MB) == set(ARCHS)
+    for job in OTHER_MEM_MB:
+        sizes = [job_mem_mb(a, job) for a in ("resnet8", "resnet18", "resnet50")]
+        assert sizes == sorted(sizes), job
+    assert job_mem_mb("wrn28_10", "transfer") == OTHER_MEM_MB["transfer"]  # an imported zoo network
+    with pytest.raises(KeyError):
+        job_mem_mb("resnet8", "fisher")

@@ -2,6 +2,7 @@
 # t-SNE of the representations (representation), inversion of representations (invert). One job
 # per (model, analysis[, method]); with `batch_jobs: true` every analysis of one model runs in one
 # job instead (one rule per model, below): the model, its data and torch load once, not up to five times.
+from atlib.models import job_mem_mb
 
 
 rule fisher:
@@ -17,7 +18,7 @@ rule fisher:
         jobs.FISHER.log(RESULTS),
     threads: config["threads"]
     resources:
-        mem_mb=lambda wc: analysis_mem(wc.arch),
+        mem_mb=lambda wc: job_mem_mb(wc.arch, "analysis"),
     conda:
         "../../envs/atlib.yaml"
     script:
@@ -59,7 +60,7 @@ rule invert:
         jobs.INVERT.log(RESULTS),
     threads: config["threads"]
     resources:
-        mem_mb=lambda wc: analysis_mem(wc.arch),
+        mem_mb=lambda wc: job_mem_mb(wc.arch, "analysis"),
     conda:
         "../../envs/atlib.yaml"
     script:
@@ -85,7 +86,7 @@ for _path, (_key, _batch) in batched_analyses().items():
             f"{RESULTS}/logs/analyses/{_path}.log",
         threads: config["threads"]
         resources:
-            mem_mb=analysis_mem(_key.arch),
+            mem_mb=job_mem_mb(_key.arch, "analysis"),
         conda:
             "../../envs/atlib.yaml"
         script:

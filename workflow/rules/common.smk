@@ -112,11 +112,6 @@ def finetune_schedule(key: ModelKey, target: str, mode: int) -> dict:
     return config["finetune_schedules"][config["experiments"][name]["finetune"]]
 
 
-def transfer_mem_mb(arch: str) -> int:
-    # Mode 0 holds the trunk outputs of the whole target in memory (finetune_schedules.*.cache_max_mb).
-    return {"resnet8": 2500, "resnet18": 8000, "resnet50": 20000}.get(arch, 48000)
-
-
 def transfer_job(key: ModelKey, target: str, mode: int) -> dict:
     """What the transfer script needs for one (model, target, mode); eps is left out of the seed on
     purpose (as in train_seed): the standard and robust transfers of one seed share head
@@ -176,11 +171,6 @@ def wildcard_features(wc, dataset: str) -> str:
 
 
 # --------------------------------------------------------------------------- analyses
-
-
-def analysis_mem(arch: str) -> int:
-    """Per-sample gradients take chunk x parameters floats: more for the big backbones."""
-    return {"resnet8": 2000, "resnet18": 8000}.get(arch, 24000)
 
 
 ANALYSIS_KINDS = {"fisher": jobs.FISHER, "representation": jobs.REPRESENTATION, "invert": jobs.INVERT}

@@ -1,6 +1,7 @@
 # train_source: one source model per (source, arch, eps, seed), trained with the experiment's
 # train schedule, or imported from a published model (experiments.<name>.pretrained names a
 # source_models entry).
+from atlib.models import job_mem_mb
 
 
 rule train_source:
@@ -22,7 +23,7 @@ rule train_source:
         jobs.MODEL.log(RESULTS),
     threads: config["threads"]
     resources:
-        mem_mb=lambda wc: 16000 if wc.arch.startswith("resnet50") else 4000,
+        mem_mb=lambda wc: job_mem_mb(wc.arch, "train"),
     conda:
         "../../envs/atlib.yaml"
     script:

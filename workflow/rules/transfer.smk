@@ -3,6 +3,7 @@
 # `batch_jobs: true` all mode-0 transfers of one source model run in one job instead (one rule per
 # model, below), which saves a few seconds of start-up per target on small targets.
 # The experiment that asked for each transfer gives its finetune schedule (common.smk).
+from atlib.models import job_mem_mb
 
 
 rule transfer:
@@ -20,7 +21,7 @@ rule transfer:
         jobs.TRANSFER.log(RESULTS),
     threads: config["threads"]
     resources:
-        mem_mb=lambda wc: transfer_mem_mb(wc.arch),
+        mem_mb=lambda wc: job_mem_mb(wc.arch, "transfer"),
     conda:
         "../../envs/atlib.yaml"
     script:
@@ -48,7 +49,7 @@ for _path, (_key, _batch) in batched_mode0().items():
             f"{RESULTS}/logs/transfer/{_path}/mode0.log",
         threads: config["threads"]
         resources:
-            mem_mb=transfer_mem_mb(_key.arch),
+            mem_mb=job_mem_mb(_key.arch, "transfer"),
         conda:
             "../../envs/atlib.yaml"
         script:
