@@ -11,16 +11,16 @@ rule fisher:
         data=source_meta,
     output:
         **analysis_outputs("fisher"),
-    params:
-        jobs=lambda wc: [analysis_job(model_key(wc), "fisher")],
-        device=config["device"],
     log:
         jobs.FISHER.log(RESULTS),
+    conda:
+        "../../envs/atlib.yaml"
     threads: config["threads"]
     resources:
         mem_mb=lambda wc: job_mem_mb(wc.arch, "analysis"),
-    conda:
-        "../../envs/atlib.yaml"
+    params:
+        jobs=lambda wc: [analysis_job(model_key(wc), "fisher")],
+        device=config["device"],
     script:
         "../scripts/analysis.py"
 
@@ -31,16 +31,16 @@ rule representation:
         data=source_meta,
     output:
         **analysis_outputs("representation"),
-    params:
-        jobs=lambda wc: [analysis_job(model_key(wc), "representation")],
-        device=config["device"],
     log:
         jobs.REPRESENTATION.log(RESULTS),
+    conda:
+        "../../envs/atlib.yaml"
     threads: config["threads"]
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/atlib.yaml"
+    params:
+        jobs=lambda wc: [analysis_job(model_key(wc), "representation")],
+        device=config["device"],
     script:
         "../scripts/analysis.py"
 
@@ -53,16 +53,16 @@ rule invert:
         fisher=lambda wc: analysis_job(model_key(wc), "invert", wc.method)["fisher"],
     output:
         **analysis_outputs("invert"),
-    params:
-        jobs=lambda wc: [analysis_job(model_key(wc), "invert", wc.method)],
-        device=config["device"],
     log:
         jobs.INVERT.log(RESULTS),
+    conda:
+        "../../envs/atlib.yaml"
     threads: config["threads"]
     resources:
         mem_mb=lambda wc: job_mem_mb(wc.arch, "analysis"),
-    conda:
-        "../../envs/atlib.yaml"
+    params:
+        jobs=lambda wc: [analysis_job(model_key(wc), "invert", wc.method)],
+        device=config["device"],
     script:
         "../scripts/analysis.py"
 
@@ -79,15 +79,15 @@ for _path, (_key, _batch) in batched_analyses().items():
             data=dataset_meta(_key.source),
         output:
             [f for j in _batch for f in analysis_outputs(ANALYSIS_NAMES[j.kind], j).values()],
-        params:
-            jobs=[analysis_job(_key, ANALYSIS_NAMES[j.kind], j.method) for j in _batch],
-            device=config["device"],
         log:
             f"{RESULTS}/logs/analyses/{_path}.log",
+        conda:
+            "../../envs/atlib.yaml"
         threads: config["threads"]
         resources:
             mem_mb=job_mem_mb(_key.arch, "analysis"),
-        conda:
-            "../../envs/atlib.yaml"
+        params:
+            jobs=[analysis_job(_key, ANALYSIS_NAMES[j.kind], j.method) for j in _batch],
+            device=config["device"],
         script:
             "../scripts/analysis.py"

@@ -117,11 +117,17 @@ def transfer_job(key: ModelKey, target: str, mode: int) -> dict:
     purpose (as in train_seed): the standard and robust transfers of one seed share head
     initialization, data order and attack noise, a paired comparison."""
     job = jobs.Job(jobs.TRANSFER, key, target=target, mode=mode)
-    return dict(target=target, mode=mode, target_dir=dataset_dir(target),
-                out_dir=job.dir(RESULTS), model_key=key.path,
-                arch=key.arch, schedule=finetune_schedule(key, target, mode),
-                seed=job_seed("transfer", key.source, key.arch, key.seed, target, mode),
-                wildcards=job.wildcards)
+    return dict(
+        target=target,
+        mode=mode,
+        target_dir=dataset_dir(target),
+        out_dir=job.dir(RESULTS),
+        model_key=key.path,
+        arch=key.arch,
+        schedule=finetune_schedule(key, target, mode),
+        seed=job_seed("transfer", key.source, key.arch, key.seed, target, mode),
+        wildcards=job.wildcards,
+    )
 
 
 def wildcard_transfer_job(wc) -> list[dict]:
@@ -140,19 +146,26 @@ def batched_mode0():
 
 def feature_job(probe: ModelKey, dataset: str) -> dict:
     # Same images of a dataset for every probe (the seed leaves the probe out).
-    return dict(dataset=dataset, data=dataset_meta(dataset),
-                out=jobs.Job(jobs.FEATURES, probe, dataset=dataset).path(RESULTS, "features"),
-                seed=job_seed("features", dataset))
+    return dict(
+        dataset=dataset,
+        data=dataset_meta(dataset),
+        out=jobs.Job(jobs.FEATURES, probe, dataset=dataset).path(RESULTS, "features"),
+        seed=job_seed("features", dataset),
+    )
 
 
 def distance_job(probe: ModelKey, dataset: str) -> dict:
     def feats(ds):
         return jobs.Job(jobs.FEATURES, probe, dataset=ds).path(RESULTS, "features")
 
-    return dict(source=feats(probe.source), target=feats(dataset),
-                source_data=dataset_meta(probe.source), target_data=dataset_meta(dataset),
-                out=jobs.Job(jobs.DISTANCE, probe, dataset=dataset).path(RESULTS, "json"),
-                seed=job_seed("otdd", probe.path))
+    return dict(
+        source=feats(probe.source),
+        target=feats(dataset),
+        source_data=dataset_meta(probe.source),
+        target_data=dataset_meta(dataset),
+        out=jobs.Job(jobs.DISTANCE, probe, dataset=dataset).path(RESULTS, "json"),
+        seed=job_seed("otdd", probe.path),
+    )
 
 
 def batched_distances():
@@ -160,10 +173,15 @@ def batched_distances():
     return jobs.by_model(jobs.distances(config)) if config["batch_jobs"] else {}
 
 
-DISTANCE_PARAMS = dict(max_images=config["distance"]["max_images"], batch_size=config["distance"]["batch_size"],
-                       gamma=config["distance"]["gamma"], pca_dim=config["distance"]["pca_dim"],
-                       otdd_points=config["distance"]["otdd_points"],
-                       task2vec_images=config["distance"]["task2vec_images"], device=config["device"])
+DISTANCE_PARAMS = dict(
+    max_images=config["distance"]["max_images"],
+    batch_size=config["distance"]["batch_size"],
+    gamma=config["distance"]["gamma"],
+    pca_dim=config["distance"]["pca_dim"],
+    otdd_points=config["distance"]["otdd_points"],
+    task2vec_images=config["distance"]["task2vec_images"],
+    device=config["device"],
+)
 
 
 def wildcard_features(wc, dataset: str) -> str:
@@ -178,22 +196,35 @@ ANALYSIS_NAMES = {kind: name for name, kind in ANALYSIS_KINDS.items()}
 # Figures shown in `snakemake --report`: (output name, category, subcategory, labels); wildcards in
 # braces, filled from the job where the rule has none (analyses_*).
 ANALYSIS_FIGURES = {
-    "representation": ("tsne_png", "Representations", "{source} {arch}",
-                       {"model": "{tag}{eps} s{seed}", "figure": "t-SNE"}),
-    "invert": ("images", "Inversion", "{source} {arch} {tag}{eps}", {"model": "{tag}{eps} s{seed}", "method": "{method}"}),
+    "representation": (
+        "tsne_png",
+        "Representations",
+        "{source} {arch}",
+        {"model": "{tag}{eps} s{seed}", "figure": "t-SNE"},
+    ),
+    "invert": (
+        "images",
+        "Inversion",
+        "{source} {arch} {tag}{eps}",
+        {"model": "{tag}{eps} s{seed}", "method": "{method}"},
+    ),
 }
 
 
 def analysis_outputs(kind: str, job: jobs.Job | None = None) -> dict:
     """Output files of analysis `kind`: patterns with wildcards, or one `job`'s files (a rule without
     wildcards); its figure flagged for the report."""
-    files = job.outputs(RESULTS) if job else {name: out(ANALYSIS_KINDS[kind], name) for name, _ in
-                                              ANALYSIS_KINDS[kind].files}
+    files = (
+        job.outputs(RESULTS)
+        if job
+        else {name: out(ANALYSIS_KINDS[kind], name) for name, _ in ANALYSIS_KINDS[kind].files}
+    )
     if kind in ANALYSIS_FIGURES:
         name, category, sub, labels = ANALYSIS_FIGURES[kind]
         fill = (lambda s: s) if job is None else (lambda s: s.format(**job.wildcards))
-        files[name] = report(files[name], category=category, subcategory=fill(sub),
-                             labels={k: fill(v) for k, v in labels.items()})
+        files[name] = report(
+            files[name], category=category, subcategory=fill(sub), labels={k: fill(v) for k, v in labels.items()}
+        )
     return files
 
 
@@ -203,9 +234,18 @@ def analysis_job(key: ModelKey, kind: str, method: str | None = None) -> dict:
     starts from the same r_0 and inverts the same images, so their loss curves are paired)."""
     job = jobs.Job(ANALYSIS_KINDS[kind], key, method=method)
     fisher = [jobs.Job(jobs.FISHER, key).path(RESULTS, "fisher")] if kind == "invert" and method != "plain" else []
-    return dict(kind=kind, method=method, model=model_file(key), data=dataset_meta(key.source),
-                fisher=fisher, out_dir=job.dir(RESULTS), outputs=list(job.outputs(RESULTS).values()),
-                eps=float(key.eps), cfg=config[kind], seed=job_seed(kind, key.source, key.seed))
+    return dict(
+        kind=kind,
+        method=method,
+        model=model_file(key),
+        data=dataset_meta(key.source),
+        fisher=fisher,
+        out_dir=job.dir(RESULTS),
+        outputs=list(job.outputs(RESULTS).values()),
+        eps=float(key.eps),
+        cfg=config[kind],
+        seed=job_seed(kind, key.source, key.seed),
+    )
 
 
 def batched_analyses():

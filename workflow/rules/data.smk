@@ -6,15 +6,15 @@ rule prepare_dataset:
         base=derived_base,
     output:
         meta=dataset_meta("{dataset}"),
+    log:
+        f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
+    conda:
+        "../../envs/atlib.yaml"
+    resources:
+        mem_mb=4000,
     params:
         derived=lambda wc: config["datasets"].get(wc.dataset),
         data_root=config["data_root"],
         allow_download=config["allow_download"],
-    log:
-        f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/atlib.yaml"
     script:
         "../scripts/prepare_dataset.py"

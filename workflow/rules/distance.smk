@@ -11,18 +11,18 @@ rule features:
         data=dataset_meta("{dataset}"),
     output:
         features=out(jobs.FEATURES, "features"),
-    params:
-        probe=lambda wc: model_key(wc).path,
-        features=lambda wc: [feature_job(model_key(wc), wc.dataset)],
-        distances=[],
-        **DISTANCE_PARAMS,
     log:
         jobs.FEATURES.log(RESULTS),
+    conda:
+        "../../envs/atlib.yaml"
     threads: config["threads"]
     resources:
         mem_mb=8000,
-    conda:
-        "../../envs/atlib.yaml"
+    params:
+        **DISTANCE_PARAMS,
+        probe=lambda wc: model_key(wc).path,
+        features=lambda wc: [feature_job(model_key(wc), wc.dataset)],
+        distances=[],
     script:
         "../scripts/distance.py"
 
@@ -37,18 +37,18 @@ rule task_distance:
         target_data=dataset_meta("{dataset}"),
     output:
         json=out(jobs.DISTANCE, "json"),
-    params:
-        probe=lambda wc: model_key(wc).path,
-        features=[],
-        distances=lambda wc: [distance_job(model_key(wc), wc.dataset)],
-        **DISTANCE_PARAMS,
     log:
         jobs.DISTANCE.log(RESULTS),
+    conda:
+        "../../envs/atlib.yaml"
     threads: config["threads"]
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/atlib.yaml"
+    params:
+        **DISTANCE_PARAMS,
+        probe=lambda wc: model_key(wc).path,
+        features=[],
+        distances=lambda wc: [distance_job(model_key(wc), wc.dataset)],
     script:
         "../scripts/distance.py"
 
@@ -66,17 +66,17 @@ for _path, (_probe, _batch) in batched_distances().items():
         output:
             features=[feature_job(_probe, j.dataset)["out"] for j in _batch],
             json=jobs.outputs(_batch, RESULTS, ["json"]),
-        params:
-            probe=_path,
-            features=[feature_job(_probe, j.dataset) for j in _batch],
-            distances=[distance_job(_probe, j.dataset) for j in _batch],
-            **DISTANCE_PARAMS,
         log:
             f"{RESULTS}/logs/distance/{_path}.log",
+        conda:
+            "../../envs/atlib.yaml"
         threads: config["threads"]
         resources:
             mem_mb=8000,
-        conda:
-            "../../envs/atlib.yaml"
+        params:
+            **DISTANCE_PARAMS,
+            probe=_path,
+            features=[feature_job(_probe, j.dataset) for j in _batch],
+            distances=[distance_job(_probe, j.dataset) for j in _batch],
         script:
             "../scripts/distance.py"

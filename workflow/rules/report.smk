@@ -22,15 +22,15 @@ rule aggregate:
             caption="../report/result.rst",
             category=report_category,
         ),
+    log:
+        jobs.REPORT.log(RESULTS),
+    conda:
+        "../../envs/atlib.yaml"
+    resources:
+        mem_mb=4000,
     params:
         # What the report computes from (so a change reruns it); the rest of the config is read too.
         report=config["report"],
         probe=config["distance"]["probe"],
-    log:
-        jobs.REPORT.log(RESULTS),
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/atlib.yaml"
     script:
         "../scripts/aggregate.py"

@@ -16,18 +16,18 @@ rule track_results:
         results=track_inputs(),
     output:
         summary=out(jobs.TRACK_RESULTS, "summary"),
+    log:
+        jobs.TRACK_RESULTS.log(RESULTS),
+    conda:
+        "../../envs/atlib.yaml"
+    resources:
+        mem_mb=2000,
     params:
         part="jobs",
         uri=config["tracking"]["uri"] or default_uri(RESULTS),
         experiment=config["tracking"]["experiment"],
         config_hash=config_hash(config),
         code_dir=workflow.basedir,
-    log:
-        jobs.TRACK_RESULTS.log(RESULTS),
-    resources:
-        mem_mb=2000,
-    conda:
-        "../../envs/atlib.yaml"
     script:
         "../scripts/track.py"
 
@@ -38,17 +38,17 @@ rule track:
         report=f"{RESULTS}/{jobs.REPORT.folder}",
     output:
         summary=out(jobs.TRACK, "summary"),
+    log:
+        jobs.TRACK.log(RESULTS),
+    conda:
+        "../../envs/atlib.yaml"
+    resources:
+        mem_mb=2000,
     params:
         part="report",
         uri=config["tracking"]["uri"] or default_uri(RESULTS),
         experiment=config["tracking"]["experiment"],
         config_hash=config_hash(config),
         code_dir=workflow.basedir,
-    log:
-        jobs.TRACK.log(RESULTS),
-    resources:
-        mem_mb=2000,
-    conda:
-        "../../envs/atlib.yaml"
     script:
         "../scripts/track.py"

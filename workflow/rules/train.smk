@@ -12,6 +12,13 @@ rule train_source:
         model=out(jobs.MODEL, "model"),
         history=out(jobs.MODEL, "history"),
         metrics=out(jobs.MODEL, "metrics"),
+    log:
+        jobs.MODEL.log(RESULTS),
+    conda:
+        "../../envs/atlib.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wc: job_mem_mb(wc.arch, "train"),
     params:
         width=lambda wc: experiment_of(wc)["width"],
         schedule=lambda wc: config["train_schedules"][experiment_of(wc)["train"]],
@@ -19,12 +26,5 @@ rule train_source:
         rng_seed=train_seed,
         device=config["device"],
         tracking=config["tracking"],
-    log:
-        jobs.MODEL.log(RESULTS),
-    threads: config["threads"]
-    resources:
-        mem_mb=lambda wc: job_mem_mb(wc.arch, "train"),
-    conda:
-        "../../envs/atlib.yaml"
     script:
         "../scripts/train_source.py"

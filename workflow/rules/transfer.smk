@@ -13,17 +13,17 @@ rule transfer:
     output:
         metrics=out(jobs.TRANSFER, "metrics"),
         history=out(jobs.TRANSFER, "history"),
+    log:
+        jobs.TRANSFER.log(RESULTS),
+    conda:
+        "../../envs/atlib.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wc: job_mem_mb(wc.arch, "transfer"),
     params:
         jobs=wildcard_transfer_job,
         device=config["device"],
         tracking=config["tracking"],
-    log:
-        jobs.TRANSFER.log(RESULTS),
-    threads: config["threads"]
-    resources:
-        mem_mb=lambda wc: job_mem_mb(wc.arch, "transfer"),
-    conda:
-        "../../envs/atlib.yaml"
     script:
         "../scripts/transfer.py"
 
@@ -41,16 +41,16 @@ for _path, (_key, _batch) in batched_mode0().items():
         output:
             metrics=jobs.outputs(_batch, RESULTS, ["metrics"]),
             history=jobs.outputs(_batch, RESULTS, ["history"]),
+        log:
+            f"{RESULTS}/logs/transfer/{_path}/mode0.log",
+        conda:
+            "../../envs/atlib.yaml"
+        threads: config["threads"]
+        resources:
+            mem_mb=job_mem_mb(_key.arch, "transfer"),
         params:
             jobs=[transfer_job(_key, j.target, 0) for j in _batch],
             device=config["device"],
             tracking=config["tracking"],
-        log:
-            f"{RESULTS}/logs/transfer/{_path}/mode0.log",
-        threads: config["threads"]
-        resources:
-            mem_mb=job_mem_mb(_key.arch, "transfer"),
-        conda:
-            "../../envs/atlib.yaml"
         script:
             "../scripts/transfer.py"
