@@ -13,6 +13,7 @@ rule fisher:
         **analysis_outputs("fisher"),
     log:
         jobs.FISHER.log(RESULTS),
+    priority: PRIORITY["long"]
     conda:
         "../../envs/atlib.yaml"
     threads: config["threads"]
@@ -55,6 +56,7 @@ rule invert:
         **analysis_outputs("invert"),
     log:
         jobs.INVERT.log(RESULTS),
+    priority: PRIORITY["long"]
     conda:
         "../../envs/atlib.yaml"
     threads: config["threads"]
@@ -81,6 +83,7 @@ for _path, (_key, _batch) in batched_analyses().items():
             [f for j in _batch for f in analysis_outputs(ANALYSIS_NAMES[j.kind], j).values()],
         log:
             f"{RESULTS}/logs/analyses/{_path}.log",
+        priority: PRIORITY["long" if any(j.kind is jobs.INVERT for j in _batch) else "short"]
         conda:
             "../../envs/atlib.yaml"
         threads: config["threads"]

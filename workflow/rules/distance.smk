@@ -13,6 +13,7 @@ rule features:
         features=out(jobs.FEATURES, "features"),
     log:
         jobs.FEATURES.log(RESULTS),
+    priority: PRIORITY["long"]
     conda:
         "../../envs/atlib.yaml"
     threads: config["threads"]
@@ -39,6 +40,7 @@ rule task_distance:
         json=out(jobs.DISTANCE, "json"),
     log:
         jobs.DISTANCE.log(RESULTS),
+    priority: PRIORITY["long"]
     conda:
         "../../envs/atlib.yaml"
     threads: config["threads"]
@@ -68,6 +70,7 @@ for _path, (_probe, _batch) in batched_distances().items():
             json=jobs.outputs(_batch, RESULTS, ["json"]),
         log:
             f"{RESULTS}/logs/distance/{_path}.log",
+        priority: PRIORITY["long"]
         conda:
             "../../envs/atlib.yaml"
         threads: config["threads"]

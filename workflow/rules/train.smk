@@ -14,6 +14,7 @@ rule train_source:
         metrics=out(jobs.MODEL, "metrics"),
     log:
         jobs.MODEL.log(RESULTS),
+    priority: PRIORITY["train"]
     conda:
         "../../envs/atlib.yaml"
     threads: config["threads"]

@@ -15,6 +15,7 @@ rule transfer:
         history=out(jobs.TRANSFER, "history"),
     log:
         jobs.TRANSFER.log(RESULTS),
+    priority: PRIORITY["transfer"]
     conda:
         "../../envs/atlib.yaml"
     threads: config["threads"]
@@ -43,6 +44,7 @@ for _path, (_key, _batch) in batched_mode0().items():
             history=jobs.outputs(_batch, RESULTS, ["history"]),
         log:
             f"{RESULTS}/logs/transfer/{_path}/mode0.log",
+        priority: PRIORITY["transfer"]
         conda:
             "../../envs/atlib.yaml"
         threads: config["threads"]
