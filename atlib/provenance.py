@@ -99,7 +99,7 @@ def record(inputs: Iterable[str | Path], outputs: Iterable[str | Path], config: 
         outputs: the files it wrote (snakemake.output, or one target's share).
         config: the workflow config (its `results` is the root the paths are relative to).
     """
-    root = Path(config.get("results", "results"))
+    root = Path(config["results"])
     outs = [Path(o) for o in outputs]
     rec = {
         "format": FORMAT,
