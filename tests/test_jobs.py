@@ -3,7 +3,6 @@ makes exactly the files of the model's jobs, and the report reads exactly the fi
 declares, all of them made by the DAG."""
 
 import logging
-import re
 from pathlib import Path
 
 import pytest
@@ -12,23 +11,15 @@ import yaml
 from atlib import jobs
 from atlib.config import check_config
 from atlib.report.load import load_results
-from test_workflow import snakemake
+from test_workflow import planned_outputs, snakemake
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_PER_MODEL = {"prepare_dataset", "aggregate", "track_results", "track", "all"}
 
 
 def planned(output: str, field: str) -> dict[str, set[str]]:
-    """rule -> the files of `field` (input or output) of its planned jobs, from a dry run's job blocks."""
-    out: dict[str, set[str]] = {}
-    rule = None
-    for line in output.splitlines():
-        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
-        if m:
-            rule = m.group(1)
-        elif rule and line.strip().startswith(f"{field}:"):
-            out.setdefault(rule, set()).update(p.strip() for p in line.split(":", 1)[1].split(",") if p.strip())
-    return out
+    """rule -> the set of files of `field` (input or output) of its planned jobs."""
+    return {rule: set(files) for rule, files in planned_outputs(output, field).items()}
 
 
 @pytest.mark.parametrize("config_file", ["config/demo.yaml", "config/config.yaml"])

@@ -62,16 +62,16 @@ def test_demo_dry_run(tmp_path):
     assert sum(f.endswith("/mode0/metrics.json") for f in planned) == 6 * 18
 
 
-def planned_outputs(output: str) -> dict[str, list[str]]:
-    """rule -> the output files of its planned jobs, from a dry run's job blocks."""
+def planned_outputs(output: str, field: str = "output") -> dict[str, list[str]]:
+    """rule -> the files of `field` (output or input) of its planned jobs, from a dry run's job blocks."""
     out: dict[str, list[str]] = {}
     rule = None
     for line in output.splitlines():
         m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
         if m:
             rule = m.group(1)
-        elif rule and line.strip().startswith("output:"):
-            out.setdefault(rule, []).extend(p.strip() for p in line.split(":", 1)[1].split(","))
+        elif rule and line.strip().startswith(f"{field}:"):
+            out.setdefault(rule, []).extend(p.strip() for p in line.split(":", 1)[1].split(",") if p.strip())
     return out
 
 
