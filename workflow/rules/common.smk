@@ -9,6 +9,9 @@ RESULTS = config["results"]
 MODEL_EXPERIMENT = model_experiments(config)
 # The experiment that asked for each transfer gives its finetune schedule (atlib.config).
 TRANSFER_EXPERIMENT = transfer_experiments(config)
+# Scheduling order, longest jobs first (trainings, then inversions and distances, then transfers), so
+# that the short jobs fill the end and no core idles beside one long last job. Results do not depend on it.
+PRIORITY = {"train": 3, "long": 2, "transfer": 1, "short": 0}
 
 
 wildcard_constraints:
@@ -193,9 +196,6 @@ def wildcard_features(wc, dataset: str) -> str:
 
 ANALYSIS_KINDS = {"fisher": jobs.FISHER, "representation": jobs.REPRESENTATION, "invert": jobs.INVERT}
 ANALYSIS_NAMES = {kind: name for name, kind in ANALYSIS_KINDS.items()}
-# Scheduling order, longest jobs first (trainings, then inversions and distances, then transfers), so
-# that the short jobs fill the end and no core idles beside one long last job. Results do not depend on it.
-PRIORITY = {"train": 3, "long": 2, "transfer": 1, "short": 0}
 # Figures shown in `snakemake --report`: (output name, category, subcategory, labels); wildcards in
 # braces, filled from the job where the rule has none (analyses_*).
 ANALYSIS_FIGURES = {
