@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -77,11 +78,29 @@ def test_offline_datasets(tmp_path, name, train, test, size, k):
 
 
 def test_textures_train_and_test_do_not_overlap():
-    from atlib.data.offline import texture_crops
+    from atlib.data.offline import TEXTURES, photo_crops
 
-    a = texture_crops(n_train=50, n_test=50)
+    a = photo_crops(TEXTURES, n_train=50, n_test=50)
     train = {r.tobytes() for r in a.train_x}
     assert not any(r.tobytes() in train for r in a.test_x)
+
+
+def arrays_sha256(a) -> str:
+    """One sha256 over a dataset's four arrays (bytes, in split order)."""
+    h = hashlib.sha256()
+    for arr in (a.train_x, a.train_y, a.test_x, a.test_y):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def test_textures_arrays_pinned():
+    """photo_crops generalised texture_crops: textures (and the texture transform) must not change."""
+    from atlib.data.offline import TEXTURES, photo_crops
+
+    a = photo_crops(TEXTURES)
+    assert a.train_x.shape == (2000, 28, 28) and a.test_x.shape == (500, 28, 28)
+    # Computed with texture_crops() before it became photo_crops (scikit-image 0.26).
+    assert arrays_sha256(a) == "dcacaf39e57db8bd8e4e8138dea30c8970f0efbd0825e7d9ad122a129b493554"
 
 
 def test_derived_subset_relabels_in_given_order(tmp_path, tiny_prepared):

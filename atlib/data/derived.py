@@ -51,9 +51,9 @@ def apply_transform(x: np.ndarray, kind: str, strength: float, seed: int) -> np.
         out = ndimage.gaussian_filter(x.astype(np.float32), sigma=(0, strength, strength, 0))
         return _to_uint8(out)
     if kind == "texture":
-        from .offline import texture_crops
+        from .offline import TEXTURES, photo_crops
 
-        tex = texture_crops(n_train=len(x), n_test=1, size=x.shape[1], seed=seed).train_x
+        tex = photo_crops(TEXTURES, n_train=len(x), n_test=1, size=x.shape[1], seed=seed).train_x
         tex = np.random.default_rng(seed).permutation(tex)[: len(x)][..., None]
         # Bright strokes stay, the dark background becomes a texture at `strength` contrast.
         return np.maximum(x, _to_uint8(tex * strength))

@@ -122,9 +122,9 @@ register(DatasetSpec("digits", 10, 8, 1, "pip install scikit-learn (ships the da
 TEXTURES = ["brick", "grass", "gravel", "moon", "camera"]
 
 
-def texture_crops(n_train: int = 400, n_test: int = 100, crop: int = 64, size: int = 28,
-                  seed: int = 0) -> Arrays:
-    """Random crops of scikit-image's texture photos, one class per photo.
+def photo_crops(names: list[str], n_train: int = 400, n_test: int = 100, crop: int = 64, size: int = 28,
+                seed: int = 0) -> Arrays:
+    """Random grayscale crops of scikit-image's bundled photos `names`, one class per photo.
 
     Train crops come from the top 3/4 of each photo and test crops from the bottom 1/4,
     so no test pixel was seen in training. Crops are downsampled to `size`.
@@ -134,7 +134,7 @@ def texture_crops(n_train: int = 400, n_test: int = 100, crop: int = 64, size: i
 
     rng = np.random.default_rng(seed)
     parts: dict[str, list] = {"train_x": [], "train_y": [], "test_x": [], "test_y": []}
-    for label, name in enumerate(TEXTURES):
+    for label, name in enumerate(names):
         img = getattr(skimage.data, name)()
         if img.ndim == 3:
             img = img[..., :3].mean(axis=2)
@@ -149,9 +149,9 @@ def texture_crops(n_train: int = 400, n_test: int = 100, crop: int = 64, size: i
                 parts[f"{split}_y"].append(label)
     return Arrays(
         np.stack(parts["train_x"]), np.asarray(parts["train_y"], np.int64),
-        np.stack(parts["test_x"]), np.asarray(parts["test_y"], np.int64), classes=list(TEXTURES),
+        np.stack(parts["test_x"]), np.asarray(parts["test_y"], np.int64), classes=list(names),
     )
 
 
 register(DatasetSpec("textures", len(TEXTURES), 28, 1, "pip install scikit-image (ships the photos)",
-                     lambda ctx: texture_crops()))
+                     lambda ctx: photo_crops(TEXTURES)))
