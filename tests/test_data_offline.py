@@ -66,7 +66,8 @@ def test_missing_dataset_message(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name,train,test,size,k", [
-    ("digits", 1297, 500, 8, 10), ("mnist5k", 3000, 2000, 28, 10), ("textures", 2000, 500, 28, 5)])
+    ("digits", 1297, 500, 8, 10), ("mnist5k", 3000, 2000, 28, 10), ("textures", 2000, 500, 28, 5),
+    ("photos", 2400, 600, 28, 6)])
 def test_offline_datasets(tmp_path, name, train, test, size, k):
     meta = prepare(name, tmp_path / name, AcquireContext(tmp_path))
     assert meta["splits"] == {"train": train, "test": test}
@@ -101,6 +102,45 @@ def test_textures_arrays_pinned():
     assert a.train_x.shape == (2000, 28, 28) and a.test_x.shape == (500, 28, 28)
     # Computed with texture_crops() before it became photo_crops (scikit-image 0.26).
     assert arrays_sha256(a) == "dcacaf39e57db8bd8e4e8138dea30c8970f0efbd0825e7d9ad122a129b493554"
+
+
+def nearest_mean_accuracy(a) -> float:
+    """Test accuracy of the nearest class mean (raw pixels, train means): a floor any real set should pass."""
+    xtr, xte = (x.reshape(len(x), -1).astype(np.float64) for x in (a.train_x, a.test_x))
+    means = np.stack([xtr[a.train_y == c].mean(0) for c in range(int(a.train_y.max()) + 1)])
+    dist = (xte ** 2).sum(1)[:, None] - 2 * xte @ means.T + (means ** 2).sum(1)[None]
+    return float((dist.argmin(1) == a.test_y).mean())
+
+
+@pytest.mark.parametrize("name,per_train,per_test,k", [("photos", 400, 100, 6)])
+def test_new_offline_sets_balanced_disjoint_learnable(tmp_path, name, per_train, per_test, k):
+    from atlib.data import get_spec
+
+    a = get_spec(name).load(AcquireContext(tmp_path))
+    assert a.train_x.shape == (per_train * k, 28, 28) and a.test_x.shape == (per_test * k, 28, 28)
+    assert a.train_x.dtype == a.test_x.dtype == np.uint8 and a.train_y.dtype == a.test_y.dtype == np.int64
+    assert np.bincount(a.train_y).tolist() == [per_train] * k and np.bincount(a.test_y).tolist() == [per_test] * k
+    assert len(a.classes) == k
+    train = {r.tobytes() for r in a.train_x}
+    assert not any(r.tobytes() in train for r in a.test_x)  # no test image is a training image
+    # Classes are told apart from raw pixels well above chance (measured: photos .44).
+    assert nearest_mean_accuracy(a) > 1.5 / k
+
+
+def test_photos_offline_deterministic_and_not_textures(monkeypatch):
+    import socket
+
+    from atlib.data.offline import PHOTOS, TEXTURES, photo_crops
+
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    assert not set(PHOTOS) & set(TEXTURES)
+    a, b = (photo_crops(PHOTOS, n_train=5, n_test=5) for _ in range(2))  # a photo fetched through pooch fails here
+    assert a.classes == PHOTOS and len(a.test_y) == 5 * len(PHOTOS)
+    assert np.array_equal(a.train_x, b.train_x) and np.array_equal(a.test_x, b.test_x)
 
 
 def test_derived_subset_relabels_in_given_order(tmp_path, tiny_prepared):

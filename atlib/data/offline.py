@@ -1,4 +1,4 @@
-"""Real datasets that work offline: Fashion-MNIST, a 5k MNIST subset, sklearn digits, textures."""
+"""Real datasets that work offline: Fashion-MNIST, a 5k MNIST subset, sklearn digits, textures, photos."""
 
 from __future__ import annotations
 
@@ -120,6 +120,10 @@ def _digits(ctx: AcquireContext) -> Arrays:
 register(DatasetSpec("digits", 10, 8, 1, "pip install scikit-learn (ships the data)", _digits))
 
 TEXTURES = ["brick", "grass", "gravel", "moon", "camera"]
+# scikit-image's colour photos that ship in its wheel (eagle, lily, ... are fetched through pooch:
+# not offline), none in TEXTURES. Left out: cat (= chelsea), retina (near-uniform once gray),
+# logo and colorwheel (graphics, not photos).
+PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field"]
 
 
 def photo_crops(names: list[str], n_train: int = 400, n_test: int = 100, crop: int = 64, size: int = 28,
@@ -157,3 +161,5 @@ def photo_crops(names: list[str], n_train: int = 400, n_test: int = 100, crop: i
 
 register(DatasetSpec("textures", len(TEXTURES), 28, 1, "pip install scikit-image (ships the photos)",
                      lambda ctx: photo_crops(TEXTURES)))
+register(DatasetSpec("photos", len(PHOTOS), 28, 1, "pip install scikit-image (ships the photos)",
+                     lambda ctx: photo_crops(PHOTOS)))
