@@ -67,7 +67,7 @@ def test_missing_dataset_message(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name,train,test,size,k", [
     ("digits", 1297, 500, 8, 10), ("mnist5k", 3000, 2000, 28, 10), ("textures", 2000, 500, 28, 5),
-    ("photos", 2400, 600, 28, 6)])
+    ("photos", 2400, 600, 28, 6), ("letters", 3000, 1000, 28, 10), ("shapes", 1800, 600, 28, 6)])
 def test_offline_datasets(tmp_path, name, train, test, size, k):
     meta = prepare(name, tmp_path / name, AcquireContext(tmp_path))
     assert meta["splits"] == {"train": train, "test": test}
@@ -112,7 +112,8 @@ def nearest_mean_accuracy(a) -> float:
     return float((dist.argmin(1) == a.test_y).mean())
 
 
-@pytest.mark.parametrize("name,per_train,per_test,k", [("photos", 400, 100, 6)])
+@pytest.mark.parametrize("name,per_train,per_test,k", [("photos", 400, 100, 6), ("letters", 300, 100, 10),
+                                                       ("shapes", 300, 100, 6)])
 def test_new_offline_sets_balanced_disjoint_learnable(tmp_path, name, per_train, per_test, k):
     from atlib.data import get_spec
 
@@ -123,8 +124,27 @@ def test_new_offline_sets_balanced_disjoint_learnable(tmp_path, name, per_train,
     assert len(a.classes) == k
     train = {r.tobytes() for r in a.train_x}
     assert not any(r.tobytes() in train for r in a.test_x)  # no test image is a training image
-    # Classes are told apart from raw pixels well above chance (measured: photos .44).
+    # Classes are told apart from raw pixels well above chance (measured: photos .44, letters .59, shapes .32).
     assert nearest_mean_accuracy(a) > 1.5 / k
+
+
+@pytest.mark.parametrize("make", ["letter_images", "shape_images"])
+def test_rendered_sets_deterministic(make):
+    import atlib.data.rendered as rendered
+
+    a, b = (getattr(rendered, make)(n_train=20, n_test=10) for _ in range(2))
+    for key in ("train_x", "train_y", "test_x", "test_y"):
+        assert np.array_equal(getattr(a, key), getattr(b, key)), key
+    assert not np.array_equal(getattr(rendered, make)(n_train=20, n_test=10, seed=1).train_x, a.train_x)
+
+
+def test_letter_fonts_exist_and_split():
+    from atlib.data.rendered import LETTERS, TEST_FONTS, TRAIN_FONTS, font_dir, glyph
+
+    assert set(TRAIN_FONTS).isdisjoint(TEST_FONTS)
+    for font in TRAIN_FONTS + TEST_FONTS:
+        inks = [np.asarray(glyph(font_dir() / font, c, px=32)) for c in LETTERS]
+        assert len({(i.shape, i.tobytes()) for i in inks}) == len(LETTERS), font  # ten different glyphs
 
 
 def test_photos_offline_deterministic_and_not_textures(monkeypatch):
@@ -141,6 +161,18 @@ def test_photos_offline_deterministic_and_not_textures(monkeypatch):
     a, b = (photo_crops(PHOTOS, n_train=5, n_test=5) for _ in range(2))  # a photo fetched through pooch fails here
     assert a.classes == PHOTOS and len(a.test_y) == 5 * len(PHOTOS)
     assert np.array_equal(a.train_x, b.train_x) and np.array_equal(a.test_x, b.test_x)
+
+
+def test_preparing_offline_data_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from atlib.data import AcquireContext, prepare; "
+            "heavy = [m for m in ('PIL', 'matplotlib', 'skimage', 'sklearn', 'torch') if m in sys.modules]; "
+            "assert not heavy, heavy; "
+            f"prepare('shapes', Path({str(tmp_path / 'shapes')!r}), AcquireContext(Path({str(tmp_path)!r}))); "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_derived_subset_relabels_in_given_order(tmp_path, tiny_prepared):

@@ -1,4 +1,5 @@
-"""Real datasets that work offline: Fashion-MNIST, a 5k MNIST subset, sklearn digits, textures, photos."""
+"""Datasets that work offline: Fashion-MNIST, a 5k MNIST subset, sklearn digits, textures, photos,
+letters and shapes (the last two drawn by `rendered`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .registry import AcquireContext, Arrays, DatasetMissing, DatasetSpec, check_paper_sizes, register
+from .rendered import LETTERS, SHAPES, letter_images, shape_images
 
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 IDX_FILES = {
@@ -163,3 +165,8 @@ register(DatasetSpec("textures", len(TEXTURES), 28, 1, "pip install scikit-image
                      lambda ctx: photo_crops(TEXTURES)))
 register(DatasetSpec("photos", len(PHOTOS), 28, 1, "pip install scikit-image (ships the photos)",
                      lambda ctx: photo_crops(PHOTOS)))
+register(DatasetSpec("letters", len(LETTERS), 28, 1,
+                     "pip install matplotlib pillow (matplotlib ships the fonts, Pillow's FreeType renders them)",
+                     lambda ctx: letter_images()))
+register(DatasetSpec("shapes", len(SHAPES), 28, 1, "pip install pillow (draws them; nothing to stage)",
+                     lambda ctx: shape_images()))
