@@ -63,11 +63,11 @@ def place(ink: Image.Image, side: float, angle: float, shift: np.ndarray, size: 
     scale = side / max(turned.size)
     w, h = (max(1, round(d * scale)) for d in turned.size)
     small = np.asarray(turned.resize((w, h), Image.Resampling.LANCZOS))
-    out = np.zeros((size + 2 * max(w, h), size + 2 * max(w, h)), np.uint8)  # margin: shifts never clip
+    m = max(w, h)  # margin on every side: a shifted glyph is never cut before the final crop
+    out = np.zeros((size + 2 * m, size + 2 * m), np.uint8)
     top = out.shape[0] // 2 - h // 2 + int(shift[1])
     left = out.shape[1] // 2 - w // 2 + int(shift[0])
     out[top:top + h, left:left + w] = small
-    m = max(w, h)
     return out[m:m + size, m:m + size]
 
 
