@@ -329,6 +329,19 @@ def ladder_levels(config: dict) -> dict[str, list[tuple[str, float]]]:
             for name, spec in config["ladders"].items()}
 
 
+def base_set(config: dict, dataset: str) -> str:
+    """The independent base set a dataset is made from: follow `datasets.<name>.base` (class subsets,
+    transforms, ladder levels) down to a registered dataset. Targets with one base set form one
+    cluster in the claims check: a shift in how a model sees that base moves all of them together."""
+    seen = [dataset]
+    while dataset in config["datasets"] and config["datasets"][dataset].get("base") not in (None, dataset):
+        dataset = config["datasets"][dataset]["base"]
+        if dataset in seen:
+            raise ConfigError(f"config error at datasets.{seen[0]}.base: a cycle {' -> '.join(seen + [dataset])}")
+        seen.append(dataset)
+    return dataset
+
+
 def near_far(config: dict, experiment: str) -> tuple[list[str], list[str]]:
     """(near, far) targets of `experiment` for the claims check.
 

@@ -149,12 +149,54 @@ def run_workflow(configs: list[str], results: str, workdir: Path = ROOT,
     return result
 
 
+def machine() -> str:
+    """One line naming this machine and its numerics (CPU, ISA, torch build, pinned settings)."""
+    from .numerics import describe, summary
+
+    return summary(describe())
+
+
+def check_against_reference(claims_csv: Path, reference: Path, configs: list[str]) -> None:
+    """Print, per claim, whether this run's verdict agrees with the committed reference."""
+    import pandas as pd
+
+    from .report.reference import compare
+
+    if not reference.exists() or not claims_csv.exists():
+        print(f"demo: no reference to compare with ({reference} or {claims_csv} is missing)")
+        return
+    lines, warnings = compare(pd.read_csv(claims_csv), pd.read_csv(reference), machine(), configs)
+    print(f"\nverdicts against the reference ({reference}):", *lines, sep="\n  ")
+    for w in warnings:
+        print(f"  WARNING: {w}")
+
+
+def write_measurement(measure: Path, wall: float, rss: float, configs: list[str], results: Path) -> None:
+    """demo.json (time, memory, machine) and demo_claims.csv beside it, from the same run; then the
+    README's generated block from both."""
+    import pandas as pd
+
+    from .report.reference import reference_frame, sync_readme
+
+    measure.parent.mkdir(parents=True, exist_ok=True)
+    here = machine()
+    measure.write_text(json.dumps({"wall_s": round(wall, 1), "peak_rss_mb": round(rss, 1),
+                                   "config": " ".join(configs), "machine": here}, indent=1) + "\n")
+    claims = pd.read_csv(results / "report" / "claims.csv")
+    reference_frame(claims, here, configs).to_csv(measure.with_name("demo_claims.csv"), index=False)
+    if measure.resolve().parent == (ROOT / "benchmarks" / "results").resolve():
+        sync_readme(ROOT / "README.md", measure.with_name("demo_claims.csv"), measure)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", nargs="+", default=["config/demo.yaml"],
                     help="config file(s); later ones are overlays, e.g. config/demo.yaml config/demo_power.yaml")
     ap.add_argument("--results", default="results")
-    ap.add_argument("--measure", type=Path, help="write wall_s and peak_rss_mb here")
+    ap.add_argument("--measure", type=Path, help="write wall_s, peak_rss_mb and the machine here, the claims "
+                    "beside it (demo_claims.csv): the reference later runs are compared with")
+    ap.add_argument("--reference", type=Path, default=ROOT / "benchmarks" / "results" / "demo_claims.csv",
+                    help="the verdicts of record this run is compared with")
     args = ap.parse_args()
     code, wall, rss = run_workflow(args.config, args.results)
     if code != 0:
@@ -164,11 +206,11 @@ def main() -> None:
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"demo: the HTML report failed (exit {r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
-    if args.measure:
-        args.measure.parent.mkdir(parents=True, exist_ok=True)
-        args.measure.write_text(json.dumps({"wall_s": round(wall, 1), "peak_rss_mb": round(rss, 1),
-                                            "config": " ".join(args.config)}, indent=1) + "\n")
     res = (ROOT / args.results).resolve()
+    if args.measure:
+        write_measurement(args.measure, wall, rss, args.config, res)
+    else:
+        check_against_reference(res / "report" / "claims.csv", args.reference, args.config)
     print(f"""
 demo finished in {wall / 60:.1f} min (peak memory {rss:.0f} MB).
   results:      {res}

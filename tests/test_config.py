@@ -13,8 +13,8 @@ from atlib.config import (ConfigError, ModelKey, check_config, eps_str, iter_mod
                           near_far)
 
 ROOT = Path(__file__).resolve().parent.parent
-DATASETS = {"fashion_mnist", "mnist5k", "digits", "textures", "cifar10", "cifar100", "imagenet", "mnist",
-            "svhn", "aircraft", "birds", "cars", "dogs", "flowers", "indoor67", "cinic_imagenet"}
+DATASETS = {"fashion_mnist", "mnist5k", "digits", "textures", "photos", "letters", "shapes", "cifar10", "cifar100",
+            "imagenet", "mnist", "svhn", "aircraft", "birds", "cars", "dogs", "flowers", "indoor67", "cinic_imagenet"}
 
 
 def demo() -> dict:
@@ -223,6 +223,18 @@ def test_near_far_declared_or_from_ladders():
     assert near_far(declared, "demo") == (["fmnist59", "dblur_1"], ["textures"])
 
 
+def test_base_set_follows_derivations_to_a_registered_dataset():
+    from atlib.config import base_set
+
+    out = check_config(with_ladder(), DATASETS)
+    assert base_set(out, "dblur_2") == "digits"  # a ladder level: its ladder's base
+    assert base_set(out, "fmnist59") == "fashion_mnist" and base_set(out, "fmnist04") == "fashion_mnist"
+    assert base_set(out, "mnist5k") == "mnist5k"  # registered: its own base
+    loop = {"datasets": {"a": {"base": "b"}, "b": {"base": "a"}}}
+    with pytest.raises(ConfigError, match="a cycle a -> b -> a"):
+        base_set(loop, "a")
+
+
 def test_same_model_with_two_schedules_refused():
     cfg = demo()
     cfg["train_schedules"]["other"] = {"epochs": 1}
@@ -269,7 +281,7 @@ def test_demo_power_overlay_merges_into_a_valid_config():
     assert out["datasets"]["fmnist04"]["classes"] == [0, 1, 2, 3, 4]  # kept from the demo
     assert out["datasets"]["fmnist04"]["max_train"] == 20000 and out["train_schedules"]["demo"]["attack"]["steps"] == 2
     assert out["experiments"]["demo"]["targets"] == check_config(demo(), DATASETS)["experiments"]["demo"]["targets"]
-    assert len([t for t in out["experiments"]["demo"]["targets"] if t != "fmnist04"]) == 17
+    assert len([t for t in out["experiments"]["demo"]["targets"] if t != "fmnist04"]) == 14
     assert len(near_far(out, "demo")[1]) == 13 and near_far(out, "demo")[1][-1] == "mnist_blur_3"
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
+from ..config import base_set
 from . import figures as F
-from .claims import check_claims, claims_markdown, effect_text
+from .claims import check_claims, claims_markdown, effect_text, stability_text
 from .info import information_table, inversion_table
 from .ladders import ladder_figure, ladder_findings, ladder_table
 from .load import Results, expected_jobs, load_results
@@ -105,7 +107,7 @@ def _results_section(sec: _Sections, res: Results, rep: dict, groups: list[tuple
             "Robust accuracy of record: AutoAttack beside PGD on the same test images, per source model and "
             "attacked eps, and PGD's overstatement (PGD - AutoAttack, points).")
 
-    corr = correlation_table(res.transfers, res.distances, groups, int(rep["bootstrap"]))
+    corr = correlation_table(res.transfers, res.distances, groups, int(rep["bootstrap"]), partial(base_set, res.config))
     add("Results", _tidy(out, "correlations", corr, "Which distance predicts the gap",
                          f"95% percentile bootstrap intervals over targets, {rep['bootstrap']} resamples; rank 1 = "
                          "the largest sign-aligned Spearman rho; EMD is the pre-declared primary"),
@@ -235,8 +237,10 @@ def _summary(res: Results, entries: list[tuple[str, list[Path], str]], claims: p
     counts = claims["verdict"].value_counts()
     lines += ["## Claims", "", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items())
               + ". Details: [claims.md](claims.md).", ""]
-    lines += ["| # | claim | verdict | effect [95% CI] | n | test |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['claim']} | {r['statement']} | **{r['verdict']}** | {effect_text(r)} | "
+    lines += ["A verdict marked *fragile* changes under another draw of seeds in at least 5% of draws (leave one "
+              "seed out, seed bootstrap): read it as provisional.", ""]
+    lines += ["| # | claim | verdict | stability | effect [95% CI] | n | test |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['statement']} | **{r['verdict']}** | {stability_text(r)} | {effect_text(r)} | "
               f"{(str(r['n']) + ' ' + r['unit']) if r['n'] else '—'} | {r['test'] or '—'} |"
               for _, r in claims.iterrows()]
     lines.append("")

@@ -17,11 +17,13 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from ..config import near_far
+from ..config import base_set, near_far
 from .info import inversion_images, inversion_table
 from .load import KEY_COLS, Results
-from .stats import (DISTANCES, FAILS, HOLDS, INCONCLUSIVE, MIN_UNITS, NOT_TESTABLE, PRIMARY_DISTANCE, RULE, Test,
-                    combine, correlation_test, gap_distance_points, gap_frame, mean_std, mean_test)
+from .stability import marker, stability
+from .stats import (DISTANCES, FAILS, HOLDS, INCONCLUSIVE, MIN_UNITS, NOT_TESTABLE, PRIMARY_DISTANCE, RULE, Nested,
+                    Test, clustered_mean_test, combine, correlation_test, gap_distance_points, gap_frame, gap_points,
+                    mean_std, mean_test)
 
 CLAIMS_MD = Path(__file__).resolve().parent.parent / "reference" / "claims.md"
 ARCH_SIZE = {"resnet8": 0, "resnet18": 1, "resnet50": 2, "resnet50_imagenet": 2}
@@ -31,6 +33,15 @@ ARCH_SIZE = {"resnet8": 0, "resnet18": 1, "resnet50": 2, "resnet50_imagenet": 2}
 class Ctx:
     res: Results
     n_boot: int
+
+    def base(self, dataset: str) -> str:
+        """The independent base set of a dataset (targets of one base are one cluster)."""
+        return base_set(self.res.config, dataset)
+
+    def per_target(self, values: pd.Series) -> Nested:
+        """Per-target (or per (target, seed)) values, indexed by target, nested in their base sets."""
+        df = values.rename("value").reset_index()
+        return Nested.from_frame(df.assign(base=df["target"].map(self.base)), "value")
 
 
 @dataclass
@@ -131,15 +142,18 @@ def _near_far(c: Ctx, far: bool) -> Finding:
         declared = _declared(c, source, arch, far)
         if not declared:
             continue
-        pts = gap_distance_points(c.res.transfers, c.res.distances, source, arch)
-        pts = pts[(pts["mode"] == 0) & pts["target"].isin(declared) & pts["mean"].notna()]
+        pts = gap_points(c.res.transfers, c.res.distances, source, arch, bases=c.base)
+        pts = pts[(pts["mode"] == 0) & pts["target"].isin(declared)]
+        means = gap_distance_points(c.res.transfers, c.res.distances, source, arch, bases=c.base)
         for eps, p in pts.groupby("eps"):
-            t = mean_test(p["mean"], +1 if far else -1, "targets",
-                          f"{source} ({arch}) eps {eps:g}, mode 0: mean gap over {word} targets [points]")
+            t = clustered_mean_test(Nested.from_frame(p, "gap"), +1 if far else -1,
+                                    f"{source} ({arch}) eps {eps:g}, mode 0: mean gap over {word} targets [points]")
             tests.append(t)
-            lines.append(t.text() + f"; 95% half-width {t.half_width:.2f} points; per target (mean±std over seeds, "
-                         "EMD): " + ", ".join(f"{r['target']} {_fmt_gap(r)} (EMD {r['distance']:.3g})"
-                                             for _, r in p.sort_values("distance").iterrows()))
+            m = means[(means["eps"] == eps) & (means["mode"] == 0) & means["target"].isin(declared)]
+            lines.append(t.text() + f"; 95% half-width {t.half_width:.2f} points; per base set: "
+                         + "; ".join(f"{b}: " + ", ".join(f"{r['target']} {_fmt_gap(r)} (EMD {r['distance']:.3g})"
+                                                          for _, r in g.sort_values("distance").iterrows())
+                                     for b, g in m.groupby("base")))
     reason = (f"no {word} targets declared for any experiment with mode-0 transfers (experiments.<name>.{word}, "
               "or ladders whose levels define them)")
     return _decide(_by_n(tests), lines, reason)
@@ -158,25 +172,25 @@ def claim4(c: Ctx) -> Finding:
     tests, lines = [], []
     _, primary = DISTANCES[PRIMARY_DISTANCE]
     for source, arch in c.res.experiment_groups():
-        pts = {col: gap_distance_points(c.res.transfers, c.res.distances, source, arch, col)
+        pts = {col: gap_points(c.res.transfers, c.res.distances, source, arch, col, c.base)
                for col in DISTANCES if col in c.res.distances}
         main = pts[PRIMARY_DISTANCE]
-        for (eps, mode), p in main[main["mode"] == 0].groupby(["eps", "mode"]):
-            p = p.dropna(subset=["mean", "distance"])
-            if p.empty:
+        for eps, p in main[main["mode"] == 0].groupby("eps"):
+            data = Nested.from_frame(p, "gap", "distance")
+            if not data.values:
                 continue
-            t = correlation_test(p["distance"], p["mean"], +1, "targets",
-                                 f"{source} ({arch}) eps {eps:g} mode 0: Spearman ρ(gap, {primary})", c.n_boot)
+            t = correlation_test(data, +1, f"{source} ({arch}) eps {eps:g} mode 0: Spearman ρ(gap, {primary})",
+                                 c.n_boot)
             tests.append(t)
             lines.append(t.text() + f" (the source excluded; decided on {primary}, the pre-declared primary "
                          "distance)")
             for col, other in pts.items():
-                q = other[(other["eps"] == eps) & (other["mode"] == mode)].dropna(subset=["mean", "distance"])
-                if col == PRIMARY_DISTANCE or q.empty:
+                q = Nested.from_frame(other[(other["eps"] == eps) & (other["mode"] == 0)], "gap", "distance")
+                if col == PRIMARY_DISTANCE or not q.values:
                     continue
                 expect, name = DISTANCES[col]
-                lines.append("for comparison, " + correlation_test(
-                    q["distance"], q["mean"], expect, "targets", f"Spearman ρ(gap, {name})", c.n_boot).text())
+                lines.append("for comparison, " + correlation_test(q, expect, f"Spearman ρ(gap, {name})",
+                                                                   c.n_boot).text())
     return _decide(_by_n(tests), lines, "no mode-0 transfers with both a gap and a distance")
 
 
@@ -208,8 +222,8 @@ def claim6(c: Ctx) -> Finding:
         if wide.shape[1] < 2 or wide.empty:
             continue
         first, last = wide.columns.min(), wide.columns.max()
-        t = mean_test(wide[first].abs() - wide[last].abs(), +1, "targets",
-                      f"{source} ({arch}) eps {eps:g}: |gap| mode {first} − |gap| mode {last} [points]")
+        t = clustered_mean_test(c.per_target(wide[first].abs() - wide[last].abs()), +1,
+                                f"{source} ({arch}) eps {eps:g}: |gap| mode {first} − |gap| mode {last} [points]")
         tests.append(t)
         lines.append(t.text() + "; mean |gap| per mode: "
                      + ", ".join(f"mode {m}: {wide[m].abs().mean():.2f}" for m in wide.columns))
@@ -224,8 +238,8 @@ def claim7(c: Ctx) -> Finding:
     tests, lines = [], []
     for (source, arch), d in m.groupby(["source", "arch"], sort=False):
         per_target = (d["top1_1"] - d["top1_0"]).groupby(d["target"]).mean()
-        test = mean_test(per_target, +1, "targets",
-                         f"{source} ({arch}) top1(mode 1) − top1(mode 0), mean over backbones and seeds [points]")
+        test = clustered_mean_test(c.per_target(per_target), +1, f"{source} ({arch}) top1(mode 1) − top1(mode 0), "
+                                   "mean over backbones and seeds [points]")
         tests.append(test)
         lines.append(test.text() + "; per target: " + ", ".join(f"{k} {x:+.2f}" for k, x in per_target.items()))
     if len(tests) == 1:
@@ -245,8 +259,8 @@ def claim8(c: Ctx) -> Finding:
             m = m[m["target"] != source]
             if m.empty:
                 continue
-            t = mean_test((m["mean_l"] - m["mean_s"]).groupby(m["target"]).mean(), +1, "targets",
-                          f"{source}: gap({large}) − gap({small})")
+            t = clustered_mean_test(c.per_target((m["mean_l"] - m["mean_s"]).groupby(m["target"]).mean()), +1,
+                                    f"{source}: gap({large}) − gap({small})")
             tests.append(t)
             lines.append(t.text() + " (narrowing where standard wins and widening where robust wins both mean "
                          "gap(large) > gap(small))")
@@ -266,9 +280,11 @@ def claim15(c: Ctx) -> Finding:
     m = m[m["target"] != m["source"]].dropna(subset=["pgd_mean_r", "pgd_mean_s"])
     tests, lines = [], []
     for (source, arch, eps, mode), d in m.groupby(["source", "arch", "eps", "mode"]):
-        per_target = (d["pgd_mean_r"] - d["pgd_mean_s"]).groupby(d["target"]).mean()
-        test = mean_test(per_target, +1, "targets", f"{source} ({arch}) eps {eps:g} mode {mode}: PGD accuracy "
-                         f"robust − standard backbone (mean over test eps {', '.join(k[8:] for k in pgd)}) [points]")
+        per_seed = (d["pgd_mean_r"] - d["pgd_mean_s"]).groupby([d["target"], d["seed"]]).mean()
+        per_target = per_seed.groupby(level="target").mean()
+        test = clustered_mean_test(c.per_target(per_seed), +1, f"{source} ({arch}) eps {eps:g} mode {mode}: PGD "
+                                   f"accuracy robust − standard backbone (mean over test eps "
+                                   f"{', '.join(k[8:] for k in pgd)}) [points]")
         (tests if mode == m["mode"].min() else []).append(test)
         lines.append(test.text() + "; per target: " + ", ".join(f"{k} {x:+.1f}" for k, x in per_target.items()))
     return _decide(_by_n(tests), lines, "no robust/standard pair of transferred models with PGD accuracy")
@@ -447,7 +463,7 @@ CHECKS: dict[int, Callable[[Ctx], Finding]] = {
 }
 
 
-def check_claims(res: Results, n_boot: int = 1000, claims_md: str | Path = CLAIMS_MD) -> pd.DataFrame:
+def _judge(res: Results, n_boot: int, claims_md: str | Path) -> pd.DataFrame:
     """One row per claim: claim, statement, paper, verdict, effect, lo, hi, n, unit, test, evidence."""
     ctx = Ctx(res, n_boot)
     rows = []
@@ -463,6 +479,20 @@ def check_claims(res: Results, n_boot: int = 1000, claims_md: str | Path = CLAIM
     return pd.DataFrame(rows)
 
 
+def check_claims(res: Results, n_boot: int = 1000, claims_md: str | Path = CLAIMS_MD,
+                 stable: bool = True) -> pd.DataFrame:
+    """One row per claim: claim, statement, paper, verdict, stability (stability_loso,
+    stability_boot, draws: see atlib.report.stability), effect, lo, hi, n, unit, test, evidence.
+    stable=False skips the stability columns (each draw judges every claim again)."""
+    claims = _judge(res, n_boot, claims_md)
+    if not stable:
+        return claims
+    stab = stability(res, lambda r: _judge(r, n_boot, claims_md), claims)
+    out = claims.merge(stab, on="claim", how="left")
+    first = ["claim", "statement", "paper", "verdict", "stability", "stability_loso", "stability_boot", "draws"]
+    return out[first + [c for c in out.columns if c not in first]]
+
+
 def effect_text(r) -> str:
     """'+1.2 [95% CI +0.3, +2.1]' or '—'."""
     if not np.isfinite(r["effect"]):
@@ -471,16 +501,34 @@ def effect_text(r) -> str:
     return f"{r['effect']:+.3g}{ci}"
 
 
+def stability_text(r) -> str:
+    """'fragile 0.71 (leave-one-out 0.67, bootstrap 0.70)', or '—' when nothing was measured."""
+    if "stability" not in r:
+        return "—"
+    m = marker(r["verdict"], r["stability"])
+    if not m or not np.isfinite(r["stability"]):
+        return m or "—"
+    parts = [f"{k} {r[c]:.2f}" for k, c in (("leave-one-seed-out", "stability_loso"), ("seed bootstrap",
+                                                                                     "stability_boot"))
+             if np.isfinite(r[c])]
+    return f"{m} ({', '.join(parts)})"
+
+
 def claims_markdown(claims: pd.DataFrame) -> str:
     head = ("# Claims check\n\nEvery claim of the paper (atlib/reference/claims.md) judged on this run's results.\n\n"
             f"**The verdict rule.** {RULE}\n\nGaps are top1(robust) − top1(standard) in points; the source is never "
             "counted as a target.\n\n")
     counts = claims["verdict"].value_counts()
-    head += "Summary: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".\n\n"
-    lines = ["| # | claim | paper | verdict | effect [95% CI] | n | test | evidence |",
-             "|---|---|---|---|---|---|---|---|"]
+    head += "Summary: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+    if "stability" in claims:
+        fragile = [str(r["claim"]) for _, r in claims.iterrows() if marker(r["verdict"], r["stability"])
+                   and not marker(r["verdict"], r["stability"]).startswith("stable")]
+        head += f"; fragile (stability < 0.95, or unmeasured): {', '.join(fragile) or 'none'}"
+    head += ".\n\n"
+    lines = ["| # | claim | paper | verdict | stability | effect [95% CI] | n | test | evidence |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for _, r in claims.iterrows():
-        cells = [r["claim"], r["statement"], r["paper"], f"**{r['verdict']}**", effect_text(r),
+        cells = [r["claim"], r["statement"], r["paper"], f"**{r['verdict']}**", stability_text(r), effect_text(r),
                  f"{r['n']} {r['unit']}".strip() if r["n"] else "—", r["test"] or "—", r["evidence"]]
         lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
     return head + "\n".join(lines) + "\n"

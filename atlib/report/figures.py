@@ -4,6 +4,7 @@ source trade-off. Each function returns the files it wrote (none when it has no 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -13,9 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..config import base_set  # noqa: E402
 from .load import KEY_COLS, Results  # noqa: E402
-from .stats import (DISTANCES, PRIMARY_DISTANCE, correlation, gap_distance_points, gap_frame, mean_std,  # noqa: E402
-                    standard_distance)
+from .stats import (DISTANCES, PRIMARY_DISTANCE, Nested, correlation, gap_distance_points, gap_frame,  # noqa: E402
+                    gap_points, mean_std, standard_distance)
 
 log = logging.getLogger("atlib.report")
 
@@ -51,13 +53,16 @@ def _source_reference(ax, res: Results, source: str, arch: str, mode: int) -> No
 def gap_vs_distance(res: Results, source: str, arch: str, mode: int, n_boot: int, out: Path,
                     stems: list[str]) -> list[Path]:
     """Figures 3, 7, 8: mean gap (seed std as error bars) against the EMD from the source."""
-    pts = gap_distance_points(res.transfers, res.distances, source, arch)
+    bases = partial(base_set, res.config)
+    pts = gap_distance_points(res.transfers, res.distances, source, arch, bases=bases)
+    seeds = gap_points(res.transfers, res.distances, source, arch, bases=bases)
     pts = pts[pts["mode"] == mode]
     if pts.empty:
         return []
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for i, (eps, p) in enumerate(pts.groupby("eps")):
-        c = correlation(p["distance"], p["mean"], n_boot)
+        c = correlation(Nested.from_frame(seeds[(seeds["eps"] == eps) & (seeds["mode"] == mode)], "gap", "distance"),
+                        n_boot)
         label = f"eps {eps:g}: {_ci_text(c, 'spearman', 'Spearman ρ')}, {_ci_text(c, 'pearson', 'Pearson r')}"
         ok = p["distance"].notna() & p["mean"].notna()
         ax.errorbar(p["distance"][ok], p["mean"][ok], yerr=p["std"][ok].fillna(0), fmt="o", capsize=3,
@@ -74,7 +79,8 @@ def gap_vs_distance(res: Results, source: str, arch: str, mode: int, n_boot: int
     ax.set_xlabel(f"EMD from {source} (standard {arch} features)")
     ax.set_ylabel("gap top1(robust) - top1(standard) [points]")
     ax.set_title(f"{source} ({arch}), mode {mode}: gap vs task distance (the source is not a target)\n"
-                 f"95% bootstrap CI over targets ({n_boot} resamples) in brackets, permutation p", fontsize=9)
+                 f"95% three-stage bootstrap CI ({n_boot} resamples: base sets, targets, seeds), two-level "
+                 "permutation p", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     paths: list[Path] = []
     for stem in stems:
@@ -91,16 +97,18 @@ def distance_grid(res: Results, source: str, arch: str, mode: int, n_boot: int, 
     target against it (one colour per robust eps), Spearman's rho with its bootstrap CI and
     permutation p in the legend."""
     measures = [c for c in DISTANCES if c in res.distances and res.distances[c].notna().any()]
-    panels = []
+    panels, bases = [], partial(base_set, res.config)
     for column in measures:
-        pts = gap_distance_points(res.transfers, res.distances, source, arch, column)
-        panels.append((column, pts[(pts["mode"] == mode)].dropna(subset=["mean", "distance"])))
-    if not any(len(p) for _, p in panels):
+        pts = gap_distance_points(res.transfers, res.distances, source, arch, column, bases)
+        seeds = gap_points(res.transfers, res.distances, source, arch, column, bases)
+        panels.append((column, pts[(pts["mode"] == mode)].dropna(subset=["mean", "distance"]),
+                       seeds[seeds["mode"] == mode]))
+    if not any(len(p) for _, p, _ in panels):
         return []
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False, sharey=True)
-    for ax, (column, pts) in zip(axes[0], panels):
+    for ax, (column, pts, seeds) in zip(axes[0], panels):
         for i, (eps, p) in enumerate(pts.groupby("eps")):
-            c = correlation(p["distance"], p["mean"], n_boot)
+            c = correlation(Nested.from_frame(seeds[seeds["eps"] == eps], "gap", "distance"), n_boot)
             ax.errorbar(p["distance"], p["mean"], yerr=p["std"].fillna(0), fmt="o", ms=3, capsize=2, color=f"C{i}",
                         label=f"eps {eps:g}: {_ci_text(c, 'spearman', 'ρ')}")
         expect, name = DISTANCES[column]
