@@ -440,3 +440,37 @@ def test_pgd_overstatement_against_autoattack_by_hand(report):
     assert "| 40.00 [" in text and " [95% paired] |" in text and "| 4 / 1 |" in text
     assert text.splitlines()[0] in (out / "summary.md").read_text()
     assert "autoattack_acc_1" in pd.read_csv(out / "sources.csv").columns
+
+
+def _inversion_results(plain_end: int, var_ends: list[int | None], budget: int = 100):
+    """Results with only inversion curves: per model, plain's loss falls linearly to 0 at `plain_end`
+    (then stays), variational's at its entry of `var_ends` (None: never below 0.5, right-censored)."""
+    from types import SimpleNamespace
+
+    steps = np.arange(budget + 1)
+    rows = []
+    for seed, end in enumerate(var_ends):
+        var = np.full(budget + 1, 0.5) if end is None else np.maximum(1 - steps / end, 0.0)
+        for method, loss in (("plain", np.maximum(1 - steps / plain_end, 0.0)), ("variational", var)):
+            rows.append(pd.DataFrame({"source": "s", "arch": "resnet8", "eps": 1.0, "seed": seed,
+                                      "objective": "madry", "method": method, "step": steps, "loss": loss}))
+    return SimpleNamespace(invert_curves=pd.concat(rows, ignore_index=True), config={"invert": {"steps": budget}},
+                           invert=pd.DataFrame(columns=["source", "arch", "eps", "seed", "method"]))
+
+
+def test_claim13_censored_models_honest_both_ways():
+    from atlib.report.claims import Ctx, claim13
+
+    # 6 models x10 faster and one never there: at its most favourable bound (100 / 101) the test
+    # holds, as the old rule said; at the least favourable one it is arbitrarily slow: inconclusive
+    f = claim13(Ctx(_inversion_results(100, [10, 10, 11, 12, 9, 10, None]), 0))
+    assert f.verdict == "inconclusive" and f.test.verdict == "holds" and f.test.n == 7
+    assert "1 of 7 models never reach" in f.lines[-1] and "least favourable bound" in f.lines[-1]
+    # all 7 reach it: the observed ratios, both bounds agree
+    f = claim13(Ctx(_inversion_results(100, [10, 10, 11, 12, 9, 10, 10]), 0))
+    assert f.verdict == "holds" and "no model censored" in f.lines[-1]
+    # plain plateaus at step 50, variational gets there at 70-90 or never: slower even when the censored
+    # model is counted at its most favourable bound (50 / 101): does not hold
+    f = claim13(Ctx(_inversion_results(50, [70, 80, 90, 75, None]), 0))
+    assert f.verdict == "does not hold" and f.test.hi < 0
+    assert "does not hold even at the most favourable bound" in f.lines[-1]
