@@ -255,18 +255,39 @@ def trades_loss(
 
 
 @torch.no_grad()
-def natural_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
-                    device: torch.device = torch.device("cpu"), amp: bool = False,
-                    channels_last: bool = False) -> int:
-    """Number of correctly classified images (model in eval mode for the call)."""
-    correct = 0
+def correct_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
+                  device: torch.device = torch.device("cpu"), amp: bool = False,
+                  channels_last: bool = False) -> torch.Tensor:
+    """Per image, whether it is classified correctly (a CPU bool tensor; model in eval mode for the call)."""
+    flags = [torch.zeros(0, dtype=torch.bool)]
     with eval_mode(model, True):
         for i in range(0, len(x), batch_size):
             xb = to_memory_format(x[i:i + batch_size].to(device, non_blocking=True), channels_last)
             with autocast(device, amp):
                 pred = model(xb).argmax(1)
-            correct += int((pred.cpu() == y[i:i + batch_size]).sum())
-    return correct
+            flags.append(pred.cpu() == y[i:i + batch_size])
+    return torch.cat(flags)
+
+
+def natural_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
+                    device: torch.device = torch.device("cpu"), amp: bool = False,
+                    channels_last: bool = False) -> int:
+    """Number of correctly classified images (model in eval mode for the call)."""
+    return int(correct_flags(model, x, y, batch_size, device, amp, channels_last).sum())
+
+
+def pgd_robust_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 20,
+                     restarts: int = 1, batch_size: int = 256, device: torch.device = torch.device("cpu"),
+                     norm: str = "l2", amp: bool = False) -> torch.Tensor:
+    """Per image of `x`, whether it is still classified correctly under `evaluate`'s PGD at `eps` (a CPU
+    bool tensor): per-image outcomes, so that another attack on the same images can be paired with it."""
+    flags = [torch.zeros(0, dtype=torch.bool)]
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        with autocast(device, amp):
+            xa = pgd(model, xb, yb, eps, steps, norm=norm, restarts=restarts, clean_first=True)
+        flags.append(correct_flags(model, xa, yb.cpu(), batch_size, device))
+    return torch.cat(flags)
 
 
 def evaluate(
@@ -305,14 +326,8 @@ def evaluate(
     out = {"natural_acc": 100.0 * natural_correct(model, x, y, batch_size, device) / max(n, 1), "pgd_acc": {}}
     m = n if max_images is None else min(max_images, n)
     for eps in eps_list:
-        correct = 0
-        for i in range(0, m, batch_size):
-            xb = x[i:min(i + batch_size, m)].to(device)
-            yb = y[i:min(i + batch_size, m)].to(device)
-            with autocast(device, amp):
-                xa = pgd(model, xb, yb, eps, steps, norm=norm, restarts=restarts, clean_first=True)
-            correct += natural_correct(model, xa, yb.cpu(), batch_size, device)
-        out["pgd_acc"][eps_str(eps)] = 100.0 * correct / max(m, 1)
+        robust = pgd_robust_flags(model, x[:m], y[:m], eps, steps, restarts, batch_size, device, norm, amp)
+        out["pgd_acc"][eps_str(eps)] = 100.0 * int(robust.sum()) / max(m, 1)
     return out
 
 
@@ -323,5 +338,5 @@ def default_step_size(eps: float, steps: int, factor: float = 2.5) -> float:
 
 __all__ = [
     "AttackStep", "L2Step", "LinfStep", "STEPS", "make_step", "pgd", "trades_loss", "evaluate",
-    "natural_correct", "default_step_size",
+    "natural_correct", "correct_flags", "pgd_robust_flags", "default_step_size",
 ]

@@ -370,7 +370,7 @@ def import_source(
     row = {c: float("nan") for c in HISTORY_COLUMNS}
     row.update(epoch=0, test_acc=ev["natural_acc"], test_adv_acc=ev["pgd_acc"].get(eps_str(eps), float("nan")),
                weight_norm=wn, time_s=time.time() - t0)
-    metrics = {"natural_acc": ev["natural_acc"],
+    metrics = {"natural_acc": ev["natural_acc"], "natural_acc_ci": ev["natural_acc_ci"],
                **robust_metrics({**ev, "pgd_acc": {k: v for k, v in ev["pgd_acc"].items() if k in keep}}),
                "weight_norm": wn, "epochs": 0, "train_time_s": 0.0, "eps": float(eps), "source": prep.name,
                "arch": arch, "seed": int(seed)}

@@ -8,7 +8,8 @@ port is known to disagree with it (torchattacks#188).
 `version` is AutoAttack's: standard (APGD-CE, APGD-T, FAB-T, Square), plus, rand, or custom, which
 runs the listed attacks with the standard version's settings (100 iterations, 1 restart, C-1 target
 classes, 5,000 Square queries). Beside each AutoAttack number the PGD accuracy on the same images is
-kept, so a report can say how far PGD overstated robustness.
+kept, with the 2x2 table of their per-image outcomes, so a report can say how far PGD overstated
+robustness with a paired interval (the table's discordant cells).
 
 Resumable: the robust flags of each chunk of images are saved in `state_dir` as the chunk finishes;
 a rerun (after a kill or preemption) attacks only the chunks not done.
@@ -25,9 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attacks import evaluate
+from .attacks import pgd_robust_flags
 from .checkpoint import CheckpointError, atomic_save, safe_load
 from .config import eps_str
+from .evaluation import intervals
 from .runtime import EVAL_BATCH, eval_mode
 
 logger = logging.getLogger("atlib.robust_eval")
@@ -80,6 +82,31 @@ def _load_progress(path: Path, fingerprint: str) -> dict[int, torch.Tensor]:
     return obj["done"] if obj.get("fingerprint") == fingerprint else {}
 
 
+def paired_table(pgd: torch.Tensor, aa: torch.Tensor) -> dict[str, int]:
+    """The 2x2 table of two attacks' per-image outcomes on the same images (True: still correct). Its
+    discordant cells, `pgd_only` (PGD's overstatement) and `autoattack_only`, give the paired interval."""
+    pgd, aa = pgd.bool(), aa.bool()
+    return {"both": int((pgd & aa).sum()), "pgd_only": int((pgd & ~aa).sum()),
+            "autoattack_only": int((~pgd & aa).sum()), "neither": int((~pgd & ~aa).sum())}
+
+
+def _autoattack_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,
+                      cfg: dict[str, Any], num_classes: int, seed: int, device: torch.device, fingerprint: str,
+                      path: Path | None, log: logging.Logger) -> torch.Tensor:
+    """Per image of (x, y), whether AutoAttack at `eps` leaves it correct; the chunks already attacked are
+    read from `path`, and each chunk is saved there as it finishes (None: not resumable)."""
+    done = _load_progress(path, fingerprint) if path is not None else {}
+    aa = make_autoattack(model, norm, eps, cfg, num_classes, seed, device, log)
+    for i, start in enumerate(range(0, len(y), CHUNK)):
+        if i not in done:
+            xb, yb = x[start:start + CHUNK].to(device), y[start:start + CHUNK].to(device)
+            _, y_adv = aa.run_standard_evaluation(xb, yb, batch_size=250)
+            done[i] = (y_adv == yb).cpu()
+            if path is not None:
+                atomic_save({"fingerprint": fingerprint, "done": done}, path)
+    return torch.cat([done[i] for i in sorted(done)]) if done else torch.zeros(0, dtype=torch.bool)
+
+
 def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, evaluation: dict[str, Any],
                         norm: str, device: torch.device, num_classes: int, seed: int = 0,
                         state_dir: str | Path | None = None, log: logging.Logger = logger) -> dict[str, Any]:
@@ -95,8 +122,9 @@ def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eval
         seed: AutoAttack's seed.
         state_dir: where progress is saved (None: not resumable).
     Returns:
-        {"autoattack_acc": {eps: %}, "autoattack": {version, attacks, n_images, eps, pgd_acc_same_images,
-        cpu_s}}.
+        {"autoattack_acc": {eps: %}, "autoattack_acc_ci": {eps: {n, correct, lo, hi}}, "autoattack": {version,
+        attacks, n_images, eps, pgd_acc_same_images, pgd_acc_same_images_ci, paired: {eps: {both, pgd_only,
+        autoattack_only, neither}}, cpu_s}} (intervals: 95% Wilson, %).
     """
     cfg = evaluation["autoattack"]
     eps_list = cfg["eps"] if cfg["eps"] is not None else evaluation["eps"]
@@ -104,24 +132,23 @@ def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eval
     x, y = x[:n], y[:n]
     fingerprint = json.dumps({"cfg": cfg, "n": n, "norm": norm, "seed": seed}, sort_keys=True)
     cpu0 = time.process_time()
-    accs: dict[str, float] = {}
+    robust: dict[str, torch.Tensor] = {}
     with eval_mode(model):
         for eps in eps_list:
             path = Path(state_dir) / f"autoattack_eps{eps_str(eps)}.pt" if state_dir is not None else None
-            done = _load_progress(path, fingerprint) if path is not None else {}
-            aa = make_autoattack(model, norm, eps, cfg, num_classes, seed, device, log)
-            for i, start in enumerate(range(0, n, CHUNK)):
-                if i not in done:
-                    xb, yb = x[start:start + CHUNK].to(device), y[start:start + CHUNK].to(device)
-                    _, y_adv = aa.run_standard_evaluation(xb, yb, batch_size=250)
-                    done[i] = (y_adv == yb).cpu()
-                    if path is not None:
-                        atomic_save({"fingerprint": fingerprint, "done": done}, path)
-            robust = torch.cat([done[i] for i in sorted(done)]) if done else torch.zeros(0, dtype=torch.bool)
-            accs[eps_str(eps)] = 100.0 * float(robust.float().sum()) / max(n, 1)
-            log.info("autoattack (%s) eps %g: %.2f%% robust on %d images", cfg["version"], eps, accs[eps_str(eps)], n)
-    pgd = evaluate(model, x, y, eps_list, evaluation["steps"], evaluation["restarts"], EVAL_BATCH, device, None,
-                   norm)
-    return {"autoattack_acc": accs,
+            robust[eps_str(eps)] = _autoattack_flags(model, x, y, norm, eps, cfg, num_classes, seed, device,
+                                                     fingerprint, path, log)
+    accs = {e: 100.0 * float(r.float().sum()) / max(n, 1) for e, r in robust.items()}
+    ci = intervals(accs, n)
+    for e, acc in accs.items():
+        log.info("autoattack (%s) eps %s: %.2f%% robust on %d images (95%% CI %.1f-%.1f)", cfg["version"], e, acc, n,
+                 ci[e]["lo"], ci[e]["hi"])
+    # PGD (the evaluation's attack) on the same images, per image, for the paired comparison
+    pgd = {eps_str(e): pgd_robust_flags(model, x, y, e, evaluation["steps"], evaluation["restarts"], EVAL_BATCH,
+                                        device, norm) for e in eps_list}
+    pgd_accs = {e: 100.0 * int(r.sum()) / max(n, 1) for e, r in pgd.items()}
+    return {"autoattack_acc": accs, "autoattack_acc_ci": ci,
             "autoattack": {**describe(cfg, num_classes), "n_images": n, "eps": [float(e) for e in eps_list],
-                           "pgd_acc_same_images": pgd["pgd_acc"], "cpu_s": round(time.process_time() - cpu0, 2)}}
+                           "pgd_acc_same_images": pgd_accs, "pgd_acc_same_images_ci": intervals(pgd_accs, n),
+                           "paired": {e: paired_table(pgd[e], robust[e]) for e in accs},
+                           "cpu_s": round(time.process_time() - cpu0, 2)}}

@@ -325,9 +325,9 @@ def _train_loop(env: ddp.DistEnv, dev: torch.device, data_dir: Path, out_dir: Pa
     if env.is_main:
         ev = evaluate_dataset(net, test, sched["evaluation"], dev, sched["attack"]["norm"], workers, rng_seed,
                               runner.resume_dir, log)
-        metrics = {"natural_acc": ev["natural_acc"], **robust_metrics(ev), "weight_norm": weight_norm(net),
-                   "epochs": runner.epochs, "train_time_s": runner.elapsed, "eps": eps, "source": prep.name,
-                   "arch": arch, "seed": seed}
+        metrics = {"natural_acc": ev["natural_acc"], "natural_acc_ci": ev["natural_acc_ci"], **robust_metrics(ev),
+                   "weight_norm": weight_norm(net), "epochs": runner.epochs, "train_time_s": runner.elapsed, "eps": eps,
+                   "source": prep.name, "arch": arch, "seed": seed}
         write_outputs(out_dir, net, meta, runner.history, metrics)
         runner.finish()
         log.info("done: natural %.2f%%, pgd %s, autoattack %s, %.1f s", metrics["natural_acc"], metrics["pgd_acc"],

@@ -40,7 +40,7 @@ from .config import schedule_defaults
 from .data import DataIntegrityError, Prepared, adapt, load_batches, split_data
 from .data.store import sha256
 from .epochs import EpochRunner, Sums
-from .evaluation import accuracy, evaluate_head, robust_metrics
+from .evaluation import accuracy, accuracy_interval, evaluate_head, robust_metrics
 from .models import ResNet
 from .optim import make_optimizer, make_scheduler
 from .runtime import EVAL_BATCH, autocast, eval_mode, pick_device, seed_everything, set_threads, to_memory_format
@@ -502,8 +502,9 @@ def _evaluate_and_write(job: _TransferJob, runner: EpochRunner, prep: Prepared, 
     ev = evaluate_head(model, test.head, test.n, job.sched["evaluation"], dev, "l2", seed, runner.resume_dir, log)
     top1 = accuracy(model, test.batches(dev, job.cl), test.n, dev, job.amp, job.cl)
     cached = job.split is not None
-    metrics = {"top1": top1, **robust_metrics(ev), "mode": mode, "target": prep.name, "source_model": key,
-               "eps": eps, "seed": seed, "epochs": runner.epochs, "cached": cached, "train_time_s": runner.elapsed}
+    metrics = {"top1": top1, "top1_ci": accuracy_interval(top1, test.n), **robust_metrics(ev), "mode": mode,
+               "target": prep.name, "source_model": key, "eps": eps, "seed": seed, "epochs": runner.epochs,
+               "cached": cached, "train_time_s": runner.elapsed}
     out_dir.mkdir(parents=True, exist_ok=True)
     import pandas as pd  # here, not at the top: every job pays ~0.3 s to import it
 

@@ -91,6 +91,7 @@ def test_import_source_writes_the_three_outputs(tiny_prepared: Path, tmp_path: P
                             arch="resnet8", eps=1.0, seed=0, schedule=sched, threads=1)
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert set(metrics["pgd_acc"]) == {"0.25"} and metrics["epochs"] == 0 and metrics["eps"] == 1.0
+    assert set(metrics["pgd_acc_ci"]) == {"0.25"}  # not the training eps the import also attacks at
     hist = pd.read_csv(out / "history.csv")
     assert list(hist.columns) == HISTORY_COLUMNS and len(hist) == 1 and hist["epoch"].iloc[0] == 0
     assert hist["test_acc"].iloc[0] == pytest.approx(metrics["natural_acc"]) and hist["train_loss"].isna().all()

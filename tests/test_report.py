@@ -149,12 +149,21 @@ GN_NATURAL, GN_LAMBDA1 = 99.0, 50.0
 
 
 def AUTOATTACK(eps: float, seed: int) -> dict:
-    """AutoAttack on 50 images at eps 1: PGD on the same images overstates by seed + 1 points (robust
-    models) and by 5 points for the standard ones."""
+    """AutoAttack on 100 images at eps 1: PGD on the same images overstates by seed + 1 images = points
+    (robust models; seed 2 has 4 images robust to PGD only and 1 to AutoAttack only) and by 5 points for
+    the standard ones. The 2x2 table of per-image outcomes is `PAIRED`."""
     pgd = 40.0 if eps else 5.0
     return {"autoattack_acc": {"1": pgd - (seed + 1 if eps else 5)}, "attack_of_record": "autoattack",
-            "autoattack": {"version": "custom", "attacks": ["apgd-ce", "apgd-t"], "n_images": 50, "eps": [1.0],
-                           "pgd_acc_same_images": {"1": pgd}, "cpu_s": 1.0}}
+            "autoattack": {"version": "custom", "attacks": ["apgd-ce", "apgd-t"], "n_images": 100, "eps": [1.0],
+                           "pgd_acc_same_images": {"1": pgd}, "paired": {"1": PAIRED(eps, seed)}, "cpu_s": 1.0}}
+
+
+def PAIRED(eps: float, seed: int) -> dict:
+    """Cells of AUTOATTACK's 2x2 table: images robust to both, to PGD only, to AutoAttack only, to neither."""
+    if not eps:
+        return {"both": 0, "pgd_only": 5, "autoattack_only": 0, "neither": 95}
+    pgd_only, aa_only = (4, 1) if seed == 2 else (seed + 1, 0)
+    return {"both": 40 - pgd_only, "pgd_only": pgd_only, "autoattack_only": aa_only, "neither": 60 - aa_only}
 
 
 @pytest.fixture
@@ -410,15 +419,68 @@ def test_ladder_table_and_findings_by_hand():
 def test_pgd_overstatement_against_autoattack_by_hand(report):
     out, _ = report
     t = pd.read_csv(out / "robustness.csv")
-    assert len(t) == 6 and set(t["attack_eps"]) == {1.0} and (t["n_images"] == 50).all()
+    assert len(t) == 6 and set(t["attack_eps"]) == {1.0} and (t["n_images"] == 100).all()
     robust = t[t["eps"] == 1].sort_values("seed")
     assert robust["pgd_overstatement"].tolist() == [1.0, 2.0, 3.0]
     assert robust["autoattack_acc"].tolist() == [39.0, 38.0, 37.0] and (robust["pgd_acc"] == 40).all()
+    assert robust["pgd_only"].tolist() == [1, 2, 4] and robust["autoattack_only"].tolist() == [0, 0, 1]
+    # Wilson beside each accuracy: 40/100 by hand, center (40 + z^2/2) / (100 + z^2), half-width
+    # z sqrt(100 * 0.4 * 0.6 + z^2 / 4) / (100 + z^2)
+    z = 1.959963984540054
+    center, half = (40 + z * z / 2) / (100 + z * z), z * np.sqrt(24 + z * z / 4) / (100 + z * z)
+    assert robust["pgd_lo"].tolist() == pytest.approx([100 * (center - half)] * 3)
+    assert robust["pgd_hi"].tolist() == pytest.approx([100 * (center + half)] * 3)
+    assert (robust["autoattack_lo"] < robust["autoattack_acc"]).all()
+    # the paired interval holds the overstatement, and never claims a sign it cannot: each is
+    # 1-4 discordant images out of 100
+    assert (robust["overstatement_lo"] < robust["pgd_overstatement"]).all()
+    assert (robust["pgd_overstatement"] < robust["overstatement_hi"]).all()
     text = (out / "robustness.md").read_text()
+    # by hand over models 1, 2, 3: mean 2, sd 1, half-width t(0.975, 2) / sqrt(3) = 2.4842
     assert text.startswith("AutoAttack (custom: apgd-ce, apgd-t) against PGD on the same images: on the robust "
-                           "models PGD overstated robust accuracy at eps 1 by 2.00 points on average (min 1.00, max "
-                           "3.00; 3 models, at least 50 images each: one image is 2.0 points).")
+                           "models PGD overstated robust accuracy at eps 1 by 2.00 points on average (95% t-interval "
+                           "over 3 models [-0.48, +4.48]; per model 1.00 to 3.00, each model's paired 95% interval "
+                           f"(Newcombe) inside [{robust['overstatement_lo'].min():+.1f}, "
+                           f"{robust['overstatement_hi'].max():+.1f}]; at least 100 images each: one image is 1.0 "
+                           "points).")
     standard = t[t["eps"] == 0]["pgd_overstatement"]
-    assert f"On the standard models it overstated it at eps 1 by {standard.mean():.2f} points" in text
+    # three standard models at 5 points each: a t-interval of zero width, so the paired intervals carry it
+    assert (f"On the standard models it overstated it at eps 1 by {standard.mean():.2f} points on average "
+            "(t-interval over 3 models: all equal, zero width;") in text
+    assert "| 40.00 [" in text and " [95% paired] |" in text and "| 4 / 1 |" in text
     assert text.splitlines()[0] in (out / "summary.md").read_text()
     assert "autoattack_acc_1" in pd.read_csv(out / "sources.csv").columns
+
+
+def _inversion_results(plain_end: int, var_ends: list[int | None], budget: int = 100):
+    """Results with only inversion curves: per model, plain's loss falls linearly to 0 at `plain_end`
+    (then stays), variational's at its entry of `var_ends` (None: never below 0.5, right-censored)."""
+    from types import SimpleNamespace
+
+    steps = np.arange(budget + 1)
+    rows = []
+    for seed, end in enumerate(var_ends):
+        var = np.full(budget + 1, 0.5) if end is None else np.maximum(1 - steps / end, 0.0)
+        for method, loss in (("plain", np.maximum(1 - steps / plain_end, 0.0)), ("variational", var)):
+            rows.append(pd.DataFrame({"source": "s", "arch": "resnet8", "eps": 1.0, "seed": seed,
+                                      "objective": "madry", "method": method, "step": steps, "loss": loss}))
+    return SimpleNamespace(invert_curves=pd.concat(rows, ignore_index=True), config={"invert": {"steps": budget}},
+                           invert=pd.DataFrame(columns=["source", "arch", "eps", "seed", "method"]))
+
+
+def test_claim13_censored_models_honest_both_ways():
+    from atlib.report.claims import Ctx, claim13
+
+    # 6 models x10 faster and one never there: at its most favourable bound (100 / 101) the test
+    # holds, as the old rule said; at the least favourable one it is arbitrarily slow: inconclusive
+    f = claim13(Ctx(_inversion_results(100, [10, 10, 11, 12, 9, 10, None]), 0))
+    assert f.verdict == "inconclusive" and f.test.verdict == "holds" and f.test.n == 7
+    assert "1 of 7 models never reach" in f.lines[-1] and "least favourable bound" in f.lines[-1]
+    # all 7 reach it: the observed ratios, both bounds agree
+    f = claim13(Ctx(_inversion_results(100, [10, 10, 11, 12, 9, 10, 10]), 0))
+    assert f.verdict == "holds" and "no model censored" in f.lines[-1]
+    # plain plateaus at step 50, variational gets there at 70-90 or never: slower even when the censored
+    # model is counted at its most favourable bound (50 / 101): does not hold
+    f = claim13(Ctx(_inversion_results(50, [70, 80, 90, 75, None]), 0))
+    assert f.verdict == "does not hold" and f.test.hi < 0
+    assert "does not hold even at the most favourable bound" in f.lines[-1]

@@ -1,9 +1,11 @@
-"""AutoAttack evaluation: the reference library's numbers, resumable by chunks, in source and transfer metrics."""
+"""AutoAttack evaluation: the reference library's numbers, resumable by chunks, in source and transfer metrics;
+the intervals beside every sampled accuracy (Wilson) and beside PGD's overstatement (paired, Newcombe)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -11,7 +13,16 @@ import torch
 from atlib import robust_eval
 from atlib.config import schedule_defaults
 from atlib.models import build_model
-from atlib.robust_eval import autoattack_accuracy
+from atlib.evaluation import accuracy_interval, paired_difference_interval, wilson_interval
+from atlib.robust_eval import autoattack_accuracy, paired_table
+
+Z = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson_by_hand(k: int, n: int) -> tuple[float, float]:
+    """The Wilson score interval from its formula: (k + z²/2 ± z sqrt(k (n - k) / n + z²/4)) / (n + z²)."""
+    center, half = k + Z * Z / 2, Z * math.sqrt(k * (n - k) / n + Z * Z / 4)
+    return (center - half) / (n + Z * Z), (center + half) / (n + Z * Z)
 
 
 class Preempted(Exception):
@@ -48,6 +59,43 @@ def test_equals_calling_pyautoattack_directly(model_and_data):
     info = got["autoattack"]
     assert info["attacks"] == ["apgd-ce", "apgd-t"] and info["n_images"] == 10 and info["version"] == "custom"
     assert set(info["pgd_acc_same_images"]) == {"0.5"} and info["cpu_s"] >= 0
+    # the 2x2 table's margins are the two accuracies on the same 10 images
+    t = info["paired"]["0.5"]
+    assert sum(t.values()) == 10 and t["both"] + t["autoattack_only"] == int((y_adv == y[:10]).sum())
+    assert 10 * (t["both"] + t["pgd_only"]) == info["pgd_acc_same_images"]["0.5"]
+    assert got["autoattack_acc_ci"]["0.5"] == accuracy_interval(got["autoattack_acc"]["0.5"], 10)
+    assert info["pgd_acc_same_images_ci"]["0.5"]["n"] == 10
+
+
+def test_wilson_interval_by_hand():
+    lo, hi = wilson_interval(20, 25)
+    assert (lo, hi) == pytest.approx(wilson_by_hand(20, 25), abs=1e-9)
+    assert (round(lo, 3), round(hi, 3)) == (0.609, 0.911)
+    assert wilson_interval(0, 25) == pytest.approx((0.0, Z * Z / (25 + Z * Z)))  # k = 0: upper z²/(n + z²)
+    ci = accuracy_interval(80.0, 25)  # the metrics' form: percent, with the sample
+    assert ci["n"] == 25 and ci["correct"] == 20 and ci["lo"] == pytest.approx(100 * lo)
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_paired_table_counts_discordant_images():
+    pgd = torch.tensor([True, True, True, False, False, True])
+    aa = torch.tensor([True, False, False, True, False, True])
+    assert paired_table(pgd, aa) == {"both": 2, "pgd_only": 2, "autoattack_only": 1, "neither": 1}
+
+
+def test_paired_difference_interval():
+    # Newcombe's interval as published (Fagerland, Lydersen & Laake's `contingencytables`, Cavo et al. 2012):
+    # 59 both, 6 first only, 16 second only, 80 neither: -0.0621 (95% CI -0.1186 to -0.0046)
+    assert paired_difference_interval(59, 6, 16, 80) == pytest.approx((-0.1186, -0.0046), abs=1e-4)
+    # A hand-made table with ad - bc = 2*4 - 3*1 = 5 <= n/2: the corrected correlation is 0, so the limits
+    # are the square-and-add of the two Wilson intervals' arms: p1 = 5/10, p2 = 3/10
+    (l1, u1), (l2, u2) = wilson_by_hand(5, 10), wilson_by_hand(3, 10)
+    lo, hi = 0.2 - math.hypot(0.5 - l1, u2 - 0.3), 0.2 + math.hypot(0.3 - l2, u1 - 0.5)
+    assert paired_difference_interval(2, 3, 1, 4) == pytest.approx((lo, hi), abs=1e-12)
+    # No discordant image among 25 is not "0 points": the interval keeps a width of several points
+    lo, hi = paired_difference_interval(12, 0, 0, 13)
+    assert lo == pytest.approx(-hi) and 0.05 < hi < 0.1
+    assert all(math.isnan(v) for v in paired_difference_interval(0, 0, 0, 0))
 
 
 def test_dlr_attacks_left_out_below_4_classes():
@@ -101,6 +149,8 @@ def test_source_and_transfer_metrics_label_both_attacks(tiny_prepared, tmp_path)
                                "attack": {"steps": 1}, "evaluation": ev})
     assert m["attack_of_record"] == "autoattack" and set(m["autoattack_acc"]) == {"0.5"}
     assert m["autoattack"]["n_images"] == 6 and set(m["autoattack"]["pgd_acc_same_images"]) == {"0.5"}
+    assert m["autoattack_acc_ci"]["0.5"]["n"] == 6 and m["pgd_acc_ci"]["0.5"]["n"] == 12
+    assert sum(m["autoattack"]["paired"]["0.5"].values()) == 6
     assert json.loads((out / "metrics.json").read_text()) == m and not (out / "resume").exists()
     t = transfer(out / "model.pt", tiny_prepared, tmp_path / "t", mode=0, threads=1,
                  schedule={"epochs": 1, "batch_size": 32, "bf16": False, "channels_last": False, "evaluation": ev})

@@ -50,7 +50,10 @@ def results(tmp_path: Path) -> Path:
            "epoch,lr,train_loss,train_acc,test_top1,time_s\n1,0.05,1.0,50,55,1\n2,0.01,0.8,60,61,2\n")
     _write(t / "metrics.json", json.dumps({
         "top1": 61.0, "pgd_acc": {"0.5": 30.0}, "mode": 0, "target": "near", "source_model": MODEL.format(eps="0.5"),
-        "eps": 0.5, "seed": 0, "epochs": 2, "cached": False, "train_time_s": 2.0}))
+        "eps": 0.5, "seed": 0, "epochs": 2, "cached": False, "train_time_s": 2.0,
+        # the samples and intervals beside the accuracies (atlib.evaluation.accuracy_interval)
+        "top1_ci": {"n": 100, "correct": 61, "lo": 51.2, "hi": 70.0},
+        "pgd_acc_ci": {"0.5": {"n": 50, "correct": 15, "lo": 19.1, "hi": 43.9}}}))
     d = res / "distance" / MODEL.format(eps="0")
     _write(d / "near.json", json.dumps({"probe": MODEL.format(eps="0"), "source": "src", "dataset": "near",
                                         "emd": 2.5, "similarity": 0.3, "otdd": 1.2, "n_images": 100}))
@@ -140,6 +143,7 @@ def test_ingest_twice_is_idempotent_with_tags_and_histories(results, config):
     assert tags["git_commit"] == "abc123" and tags["config_hash"] == config_hash(config)
     assert tr.data.params["finetune.epochs"] == "1" and tr.data.params["experiment"] == "tiny"
     assert tr.data.metrics["final/top1"] == 61.0 and tr.data.metrics["final/pgd_acc/0.5"] == 30.0
+    assert tr.data.metrics["final/pgd_acc_ci/0.5/hi"] == 43.9 and tr.data.metrics["final/top1_ci/n"] == 100
     assert "final/seed" not in tr.data.metrics and "final/mode" not in tr.data.metrics  # they name the job
     assert len(client.get_metric_history(tr.info.run_id, "test_top1")) == 2
     model = by_key["models/src/resnet8/eps0/s0"]

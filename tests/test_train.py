@@ -17,8 +17,8 @@ from atlib.config import ConfigError, schedule_defaults
 from atlib.models import weight_norm
 from atlib.train import HISTORY_COLUMNS, TrainingError, train_source
 
-METRIC_KEYS = {"natural_acc", "pgd_acc", "attack_of_record", "weight_norm", "epochs", "train_time_s", "eps", "source",
-               "arch", "seed"}
+METRIC_KEYS = {"natural_acc", "natural_acc_ci", "pgd_acc", "pgd_acc_ci", "attack_of_record", "weight_norm", "epochs",
+               "train_time_s", "eps", "source", "arch", "seed"}
 
 
 def tiny_schedule(**over) -> dict:
@@ -37,7 +37,10 @@ def test_train_source_outputs(tiny_prepared: Path, tmp_path: Path, eps, objectiv
                            threads=1)
     assert set(metrics) == METRIC_KEYS
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    assert set(metrics["pgd_acc"]) == {"0.25", "0.5"}
+    assert set(metrics["pgd_acc"]) == set(metrics["pgd_acc_ci"]) == {"0.25", "0.5"}
+    ci = metrics["pgd_acc_ci"]["0.5"]  # PGD on max_images 12: its count, and a Wilson interval around it
+    assert ci["n"] == 12 and 100 * ci["correct"] / 12 == pytest.approx(metrics["pgd_acc"]["0.5"])
+    assert ci["lo"] <= metrics["pgd_acc"]["0.5"] <= ci["hi"] and ci["hi"] - ci["lo"] > 20  # 12 images: wide
     assert metrics["epochs"] == 2 and metrics["eps"] == eps and metrics["source"] == "tiny" and metrics["seed"] == 3
     hist = pd.read_csv(out / "history.csv")
     assert list(hist.columns) == HISTORY_COLUMNS and list(hist["epoch"]) == [1, 2]

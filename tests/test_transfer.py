@@ -20,8 +20,8 @@ from atlib.adapter import tail_split
 from atlib.transfer import (HISTORY_COLUMNS, TransferError, freeze_for_mode, new_head, set_train_mode, transfer,
                             use_cache)
 
-METRIC_KEYS = {"top1", "pgd_acc", "attack_of_record", "mode", "target", "source_model", "eps", "seed", "epochs",
-               "cached", "train_time_s"}
+METRIC_KEYS = {"top1", "top1_ci", "pgd_acc", "pgd_acc_ci", "attack_of_record", "mode", "target", "source_model",
+               "eps", "seed", "epochs", "cached", "train_time_s"}
 KEY = "src/resnet8/eps1/s0"
 
 

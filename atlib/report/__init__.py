@@ -21,7 +21,7 @@ from .info import information_table, inversion_table
 from .ladders import ladder_figure, ladder_findings, ladder_table
 from .load import Results, expected_jobs, load_results
 from .paper import paper_comparison, write_paper_comparison
-from .robustness import robustness_finding, robustness_table
+from .robustness import robustness_display, robustness_finding, robustness_table
 from .stats import correlation_table, gap_frame, gap_summary
 from .tables import html_page, markdown_table, write_all_tables
 
@@ -101,11 +101,12 @@ def _results_section(sec: _Sections, res: Results, rep: dict, groups: list[tuple
     robust = robustness_table(res)
     if not robust.empty:
         finding = robustness_finding(robust)
-        (out / "robustness.md").write_text(finding + "\n\n" + markdown_table(robust) + "\n")
+        (out / "robustness.md").write_text(finding + "\n\n" + markdown_table(robustness_display(robust)) + "\n")
         add("Results", _tidy(out, "robustness", robust, "PGD vs AutoAttack", finding)[:1] + [out / "robustness.md",
                                                                                            out / "robustness.html"],
             "Robust accuracy of record: AutoAttack beside PGD on the same test images, per source model and "
-            "attacked eps, and PGD's overstatement (PGD - AutoAttack, points).")
+            "attacked eps, each with its 95% Wilson interval, and PGD's overstatement (PGD - AutoAttack, points) "
+            "with its paired 95% interval (Newcombe) from the images robust to one attack only.")
 
     corr = correlation_table(res.transfers, res.distances, groups, int(rep["bootstrap"]), partial(base_set, res.config))
     add("Results", _tidy(out, "correlations", corr, "Which distance predicts the gap",

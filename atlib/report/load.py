@@ -160,17 +160,26 @@ def _key_cols(key: ModelKey) -> dict:
     return {"source": key.source, "arch": key.arch, "eps": float(key.eps), "seed": int(key.seed)}
 
 
-def _pgd_cols(pgd: dict | None) -> dict:
-    return {f"pgd_acc_{eps_str(float(e))}": float(v) for e, v in (pgd or {}).items()}
+def _pgd_cols(m: dict) -> dict:
+    """PGD accuracy per eps; where the metrics have them (written since they exist), the images attacked
+    (pgd_n) and the 95% Wilson interval (pgd_lo_<eps>, pgd_hi_<eps>)."""
+    cols = {f"pgd_acc_{eps_str(float(e))}": float(v) for e, v in (m.get("pgd_acc") or {}).items()}
+    for e, ci in (m.get("pgd_acc_ci") or {}).items():
+        e = eps_str(float(e))
+        cols.update({"pgd_n": ci["n"], f"pgd_lo_{e}": ci["lo"], f"pgd_hi_{e}": ci["hi"]})
+    return cols
 
 
 def _autoattack_cols(m: dict) -> dict:
-    """AutoAttack accuracy per eps, PGD on the same images, the image count and the attacks, when it ran."""
+    """AutoAttack accuracy per eps, PGD on the same images, the image count and the attacks, when it ran;
+    and, where the metrics have it, the 2x2 table of both attacks' per-image outcomes (paired_<cell>_<eps>)."""
     aa = m.get("autoattack")
     if not aa:
         return {}
     cols = {f"autoattack_acc_{eps_str(float(e))}": float(v) for e, v in m.get("autoattack_acc", {}).items()}
     cols.update({f"pgd_same_images_{eps_str(float(e))}": float(v) for e, v in aa["pgd_acc_same_images"].items()})
+    for e, table in (aa.get("paired") or {}).items():
+        cols.update({f"paired_{cell}_{eps_str(float(e))}": int(k) for cell, k in table.items()})
     return {**cols, "autoattack_n": aa["n_images"],
             "autoattack_attacks": f"{aa['version']}: {', '.join(aa['attacks'])}"}
 
@@ -190,7 +199,7 @@ def _source_row(rd: _Reader, job: Job, cols: dict) -> dict:
     if m is not None:
         row.update(natural_acc=m.get("natural_acc", np.nan), weight_norm=m.get("weight_norm", np.nan),
                    epochs=m.get("epochs", np.nan), train_time_s=m.get("train_time_s", np.nan),
-                   **_pgd_cols(m.get("pgd_acc")), **_autoattack_cols(m))
+                   **_pgd_cols(m), **_autoattack_cols(m))
     else:
         row.update(natural_acc=np.nan, weight_norm=np.nan)
     return row
@@ -290,7 +299,7 @@ def _transfers(rd: _Reader, jobs: Jobs, dist_rows: list[dict]) -> tuple[list[dic
         row = {**jobs.cols(key), "target": target, "mode": int(mode), "top1": np.nan}
         if m is not None:
             row.update(top1=m.get("top1", np.nan), epochs=m.get("epochs", np.nan), cached=m.get("cached"),
-                       train_time_s=m.get("train_time_s", np.nan), **_pgd_cols(m.get("pgd_acc")))
+                       train_time_s=m.get("train_time_s", np.nan), **_pgd_cols(m))
         p = probe_of(key, jobs.probe)
         d = dist_index.get((p.source, p.arch, float(p.eps), int(p.seed), target), {})
         row.update(distance=d.get("emd", np.nan), similarity=d.get("similarity", np.nan),
