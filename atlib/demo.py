@@ -177,11 +177,14 @@ def write_measurement(measure: Path, wall: float, rss: float, configs: list[str]
     import pandas as pd
 
     from .report.reference import reference_frame, sync_readme
+    from .report.robustness import robustness_finding
 
     measure.parent.mkdir(parents=True, exist_ok=True)
     here = machine()
-    measure.write_text(json.dumps({"wall_s": round(wall, 1), "peak_rss_mb": round(rss, 1),
-                                   "config": " ".join(configs), "machine": here}, indent=1) + "\n")
+    robust = results / "report" / "robustness.csv"
+    measure.write_text(json.dumps({
+        "wall_s": round(wall, 1), "peak_rss_mb": round(rss, 1), "config": " ".join(configs), "machine": here,
+        "robustness": robustness_finding(pd.read_csv(robust)) if robust.exists() else None}, indent=1) + "\n")
     claims = pd.read_csv(results / "report" / "claims.csv")
     reference_frame(claims, here, configs).to_csv(measure.with_name("demo_claims.csv"), index=False)
     if measure.resolve().parent == (ROOT / "benchmarks" / "results").resolve():

@@ -378,7 +378,8 @@ def test_invert_per_image_quality_and_recon_loaded(tree):
     im = res.invert_images
     assert len(im) == 3 * 3 * 3  # 3 eps x 3 methods x (2 test images + 1 photo)
     row = im[(im["eps"] == 1.0) & (im["method"] == "variational") & (im["image"] == 1)].iloc[0]
-    assert row["kind"] == "test" and row["psnr"] == pytest.approx(26.0) and row["ssim"] == pytest.approx(0.6)
+    # 21 - 10 |1 - 0.5| + 100 * (0.1 + 0.02 * 1): the variational rate grows with eps
+    assert row["kind"] == "test" and row["psnr"] == pytest.approx(28.0) and row["ssim"] == pytest.approx(0.6)
     photo = im[(im["eps"] == 0.5) & (im["method"] == "plain") & (im["kind"] == "photo")].iloc[0]
     assert photo["image"] == 2 and photo["psnr"] == 8.0 and photo["final_loss"] == pytest.approx(0.3)
     rec = res.invert_recon[("cifar10", "resnet18", 1.0, 0, "effective")]

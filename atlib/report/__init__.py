@@ -110,12 +110,13 @@ def _results_section(sec: _Sections, res: Results, rep: dict, groups: list[tuple
 
     corr = correlation_table(res.transfers, res.distances, groups, int(rep["bootstrap"]), partial(base_set, res.config))
     add("Results", _tidy(out, "correlations", corr, "Which distance predicts the gap",
-                         f"95% percentile bootstrap intervals over targets, {rep['bootstrap']} resamples; rank 1 = "
-                         "the largest sign-aligned Spearman rho; EMD is the pre-declared primary"),
+                         f"n = independent base sets; 95% three-stage bootstrap intervals (base sets, targets, seeds; "
+                         f"{rep['bootstrap']} resamples), two-level permutation p; rank 1 = the largest "
+                         "sign-aligned Spearman rho; EMD is the pre-declared primary"),
         f"Which task distance predicts the gap: per source, arch, robust eps and mode, every distance (EMD, "
         f"Gaussian and exact OTDD, Task2Vec) and LogME ranked by the Spearman correlation of the mean gap with it "
-        f"(times its expected sign), with its permutation p-value, 95% bootstrap interval over targets "
-        f"({rep['bootstrap']} resamples), the verdict rule, and Pearson's r.")
+        f"(times its expected sign), over independent base sets: two-level permutation p-value, 95% three-stage "
+        f"bootstrap interval ({rep['bootstrap']} resamples), the verdict rule, and Pearson's r.")
 
 
 def _ladders_section(sec: _Sections, res: Results) -> None:

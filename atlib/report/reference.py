@@ -117,6 +117,8 @@ def readme_block(ref: pd.DataFrame, measured: dict, statements: dict[int, str]) 
         n = f"{int(r['n'])} {r['unit']}" if int(r["n"]) else "—"
         lines.append(f"| {int(r['claim'])} | {statements.get(int(r['claim']), '')} | {r['verdict']} | "
                      f"{_stability(r)} | {_effect(r)} | {n} |")
+    if measured.get("robustness"):
+        lines += ["", f"Robust accuracy of record (`robustness.md`): {measured['robustness']}"]
     return "\n".join(lines + ["", END])
 
 
