@@ -1,0 +1,84 @@
+"""Numerics of a run (atlib.numerics): the config's ISA cap becomes environment variables that a user's
+own values override, every provenance record describes the machine, and recording stays torch-free
+in a process that has not imported torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from atlib import numerics
+from atlib.config import ConfigError, check_config
+
+ROOT = Path(__file__).resolve().parent.parent
+AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+
+
+def test_isa_null_sets_nothing():
+    env: dict[str, str] = {}
+    assert numerics.apply_env({"isa": None}, env) == [] and env == {}
+    assert numerics.apply_env(None, env) == [] and env == {}
+
+
+def test_isa_avx2_sets_all_three_caps():
+    env: dict[str, str] = {"PATH": "/bin"}
+    assert sorted(numerics.apply_env({"isa": "avx2"}, env)) == sorted(AVX2)
+    assert env == {"PATH": "/bin", **AVX2}
+
+
+def test_a_variable_the_user_set_wins_over_the_config():
+    env = {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}
+    names = numerics.apply_env({"isa": "avx2"}, env)
+    assert sorted(names) == sorted(AVX2)  # declared to executors either way
+    assert env == {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+def test_schema_default_is_no_pinning_and_unknown_isa_is_refused():
+    paper = check_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
+    assert paper["numerics"] == {"isa": None}
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    assert "isa" in demo["numerics"]  # the demo names its choice (README: Numerics across machines)
+    bad = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    bad["numerics"] = {"isa": "avx512"}
+    with pytest.raises(ConfigError, match="numerics.isa"):
+        check_config(bad)
+
+
+def test_cpu_flags_from_cpuinfo(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse4_1 avx avx2 fma avx512f "
+                    "avx512_bf16 amx_bf16 other\n\nprocessor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n")
+    monkeypatch.setattr(numerics, "CPUINFO", info)
+    numerics.cpu.cache_clear()
+    try:
+        c = numerics.cpu()
+    finally:
+        numerics.cpu.cache_clear()
+    assert c["model"] == "Test CPU 9000"
+    assert c["isa"] == ["sse4_1", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"]
+
+
+def test_description_has_the_fields_and_names_the_setup(monkeypatch):
+    import torch  # noqa: F401 - the fields torch adds
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    cfg = {"numerics": {"isa": "avx2"}, "train_schedules": {"a": {"bf16": True}, "b": {"bf16": False}}}
+    rec = numerics.describe(cfg)
+    assert {"model", "machine", "isa"} <= set(rec["cpu"])
+    assert {"version", "cpu_capability", "onednn_bf16", "threads", "build"} <= set(rec["torch"])
+    assert rec["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2" and rec["env"]["MKL_CBWR"] is None
+    assert rec["config"] == {"isa": "avx2"} and rec["bf16"]["train_schedules"] == {"a": True, "b": False}
+    line = numerics.summary(rec)
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in line and "numerics.isa: avx2" in line and "bf16 autocast: train a" in line
+    other = json.loads(json.dumps(rec))
+    other["cpu"]["isa"] = other["cpu"]["isa"] + ["avx512_bf16"]
+    assert numerics.setup_key(other) != numerics.setup_key(rec)
+    other = json.loads(json.dumps(rec))
+    other["env"]["OMP_NUM_THREADS"] = "7"  # threads are the config's: not a different machine
+    assert numerics.setup_key(other) == numerics.setup_key(rec)
+
