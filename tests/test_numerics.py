@@ -82,3 +82,42 @@ def test_description_has_the_fields_and_names_the_setup(monkeypatch):
     other["env"]["OMP_NUM_THREADS"] = "7"  # threads are the config's: not a different machine
     assert numerics.setup_key(other) == numerics.setup_key(rec)
 
+
+def test_recording_in_a_torch_free_process_does_not_import_torch(tmp_path):
+    """Dataset preparation never imports torch; a provenance record there must not either."""
+    code = f"""
+import json, sys
+from pathlib import Path
+from atlib import provenance
+out = Path({str(tmp_path)!r}) / "out.txt"
+out.write_text("x")
+path = provenance.record([], [out], {{"results": {str(tmp_path)!r}, "numerics": {{"isa": "avx2"}}}})
+print(json.dumps({{"torch": "torch" in sys.modules, "numerics": json.loads(path.read_text())["numerics"]}}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "ATEN_CPU_CAPABILITY": "avx2"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert got["torch"] is False
+    rec = got["numerics"]
+    assert rec["torch"]["loaded"] is False and rec["torch"]["version"]
+    assert "cpu_capability" not in rec["torch"]  # a torch-only field
+    assert rec["env"]["ATEN_CPU_CAPABILITY"] == "avx2" and rec["config"] == {"isa": "avx2"}
+
+
+@pytest.mark.slow
+def test_the_snakefile_pins_before_jobs_start_and_the_users_variable_wins(tmp_path):
+    """One tiny training job with numerics.isa avx2 and MKL_CBWR set by the user (~30 s)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in numerics.ENV_VARS}
+    env["MKL_CBWR"] = "COMPATIBLE"
+    target = f"{tmp_path}/results/models/src/resnet8/eps0/s0/metrics.json"
+    r = subprocess.run([sys.executable, "-m", "snakemake", target, "--profile", "profiles/local", "--cores", "1",
+                        "--configfile", "tests/configs/tiny.yaml", "--config", f"results={tmp_path}/results",
+                        'numerics={"isa": "avx2"}'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    rec = json.loads(Path(target).with_name("provenance.json").read_text())["numerics"]
+    assert rec["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2" and rec["env"]["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert rec["env"]["MKL_CBWR"] == "COMPATIBLE" and rec["config"] == {"isa": "avx2"}
+    assert rec["torch"]["cpu_capability"] in ("AVX2", "DEFAULT")  # capped: never AVX512
