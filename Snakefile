@@ -32,12 +32,18 @@ if missing:
 # `snakemake --lint` would read the whole line after `os.environ[` as the variable's name.)
 verify_data = "1" if config["verify_data"] else "0"
 os.environ["ATLIB_VERIFY_DATA"] = verify_data
+# CPU kernel caps (config numerics.isa): torch reads them when it loads, so here, before any job starts;
+# a value already in the environment wins (atlib.numerics).
+from atlib.numerics import apply_env
+
+numerics_vars = apply_env(config["numerics"])
 
 
-# Both set above; declared, so that executors that do not share this environment pass them to jobs.
+# All set above; declared, so that executors that do not share this environment pass them to jobs.
 envvars:
     "PYTHONPATH",
     "ATLIB_VERIFY_DATA",
+    *numerics_vars,
 
 
 include: "workflow/rules/common.smk"

@@ -4,8 +4,9 @@ Each rule's script calls `record(inputs, outputs, config)` once its outputs are 
 writes `provenance.json` beside them (`<name>.provenance.json` for a job with one output file
 in a shared folder, such as a task distance), holding the sha256 of every input file the job
 read (a prepared dataset's `meta.json` brings the data files it lists), of every output, the
-config hash and the code version. Paths are relative to the results root, so a moved results
-tree still checks. `atlib.verify` compares the records with the files on disk.
+config hash, the code version and the machine's numerics (atlib.numerics: CPU, ISA, torch's kernels,
+the variables that pin them; results differ across them in the last bits). Paths are relative to the
+results root, so a moved results tree still checks. `atlib.verify` compares the records with the files on disk.
 
 The record is its own file, not a field of metrics.json: the atlib functions that write the
 results stay unaware of it, it can be written per target by a job that fits several, and a
@@ -21,6 +22,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from . import numerics
 from .config import config_hash
 from .data.store import sha256
 
@@ -105,6 +107,7 @@ def record(inputs: Iterable[str | Path], outputs: Iterable[str | Path], config: 
         "format": FORMAT,
         "config_hash": config_hash(dict(config)),
         "code": code_version(),
+        "numerics": numerics.describe(config),
         "inputs": {rel(p, root): _hash(p) for p in read_files(inputs)},
         "outputs": {rel(p, root): _hash(p) for p in outs},
     }

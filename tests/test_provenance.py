@@ -147,6 +147,12 @@ def test_record_holds_every_file_read_the_config_hash_and_the_code(tmp_path, tin
         res / "transfer" / MODEL / "src" / "mode0" / "metrics.json")
     assert rec["config_hash"] == config_hash(config)
     assert rec["code"]["atlib"] == "0.1.0" and len(rec["code"].get("git_commit", "0" * 40)) == 40
+    # the machine and its numerics (atlib.numerics): results differ in the last bits across them
+    num = rec["numerics"]
+    assert {"model", "isa"} <= set(num["cpu"]) and num["torch"]["version"] == torch.__version__
+    assert num["torch"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # torch is loaded here
+    assert "ONEDNN_MAX_CPU_ISA" in num["env"] and num["config"] == config["numerics"]
+    assert num["bf16"]["train_schedules"] == {k: v["bf16"] for k, v in config["train_schedules"].items()}
     # one output in a shared folder: a sidecar record, not the folder's provenance.json
     assert (res / "distance" / MODEL / "src.provenance.json").exists()
     assert not (res / "distance" / MODEL / "provenance.json").exists()

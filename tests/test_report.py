@@ -248,6 +248,25 @@ def test_missing_cell_is_nan_and_logged(tree, tmp_path, caplog):
     assert "are missing" in (tmp_path / "report" / "summary.md").read_text()
 
 
+def test_summary_names_the_machines_the_result_jobs_ran_on(tree, report):
+    from atlib import provenance
+    from atlib.report import _numerics_lines
+
+    assert "## Machine and numerics" in (report[0] / "summary.md").read_text()
+    root = Path(tree["results"])
+    assert "No result job recorded" in "\n".join(_numerics_lines(tree, root))
+    paths = [root / f"models/cifar10/resnet50/eps{e}/s0" for e in (0, 1)]
+    recs = [provenance.record([], [p / "metrics.json", p / "history.csv"], tree) for p in paths]
+    text = "\n".join(_numerics_lines(tree, root))
+    assert "2 recorded their numerics, all on this report's setup" in text and "torch" in text
+    other = json.loads(recs[1].read_text())
+    other["numerics"]["cpu"]["isa"].append("avx512_bf16")  # a run on another CPU
+    other["numerics"]["cpu"]["model"] = "Other CPU"
+    recs[1].write_text(json.dumps(other))
+    text = "\n".join(_numerics_lines(tree, root))
+    assert "on **2 setups**" in text and "  - 1 job: Other CPU (" in text
+
+
 def test_correlations(report):
     corr = pd.read_csv(report[0] / "correlations.csv")
     r = corr[(corr["mode"] == 0) & (corr["distance"] == "emd")].iloc[0]

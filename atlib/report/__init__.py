@@ -8,12 +8,14 @@ the claims check and `summary.md` (rule aggregate; all files flat in results/rep
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
+from .. import jobs, numerics, provenance
 from ..config import base_set
 from . import figures as F
 from .claims import check_claims, claims_markdown, effect_text, stability_text
@@ -78,7 +80,8 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
     claims = _claims_section(sec, res, n_boot)
     entries = sec.entries
     summary = out / "summary.md"
-    summary.write_text(_summary(res, entries, claims, out))
+    root = Path(results_dir if results_dir is not None else config["results"])
+    summary.write_text(_summary(res, entries, claims, out, _numerics_lines(config, root)))
     files = [p for _, fs, _ in entries for p in fs] + [summary]
     log.info("report: %d files in %s (%d missing results)", len(files), out, len(res.missing))
     return files
@@ -221,7 +224,29 @@ def _claims_section(sec: _Sections, res: Results, n_boot: int) -> pd.DataFrame:
     return claims
 
 
-def _summary(res: Results, entries: list[tuple[str, list[Path], str]], claims: pd.DataFrame, out: Path) -> str:
+def _numerics_lines(config: dict, root: Path) -> list[str]:
+    """The "Machine and numerics" block: this job's machine, and the setups (CPU, ISA, torch's kernels,
+    pinning variables) the result jobs' provenance records name; bits differ across setups."""
+    here = numerics.describe(config)
+    recs = [rec["numerics"] for job in jobs.result_jobs(config)
+            if (rec := provenance.load(provenance.record_path(job.outputs(str(root)).values())))
+            and isinstance(rec.get("numerics"), dict)]
+    setups = Counter(numerics.setup_key(r) for r in recs)
+    lines = ["## Machine and numerics", "", f"- This report: {numerics.summary(here)}."]
+    if not recs:
+        return lines + ["- No result job recorded its numerics (results from before atlib recorded them).", ""]
+    if len(setups) == 1 and numerics.setup_key(here) in setups:
+        return lines + [f"- Result jobs: {len(recs)} recorded their numerics, all on this report's setup.", ""]
+    n = len(setups)
+    lines.append(f"- Result jobs: {len(recs)} recorded their numerics, on **{n} setup{'s' * (n != 1)}** (results "
+                 "differ in the last bits across setups; README: Numerics across machines):")
+    first = {numerics.setup_key(r): r for r in reversed(recs)}
+    lines += [f"  - {n} job{'s' * (n != 1)}: {numerics.summary(first[key])}" for key, n in setups.most_common()]
+    return lines + [""]
+
+
+def _summary(res: Results, entries: list[tuple[str, list[Path], str]], claims: pd.DataFrame, out: Path,
+             machine: list[str] | None = None) -> str:
     lines = [
         "# atlib report",
         "",
@@ -230,6 +255,7 @@ def _summary(res: Results, entries: list[tuple[str, list[Path], str]], claims: p
         "A browsable HTML report with every figure and table: `snakemake --report report.html` (same "
         "--configfile as the run).",
         "",
+        *(machine or []),
     ]
     if res.missing:
         lines += [f"**{len(res.missing)} result files are missing**; their cells are empty (—):", ""]
