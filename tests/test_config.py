@@ -282,7 +282,7 @@ def test_demo_power_overlay_merges_into_a_valid_config():
     assert out["datasets"]["fmnist04"]["max_train"] == 20000 and out["train_schedules"]["demo"]["attack"]["steps"] == 2
     assert out["experiments"]["demo"]["targets"] == check_config(demo(), DATASETS)["experiments"]["demo"]["targets"]
     assert len([t for t in out["experiments"]["demo"]["targets"] if t != "fmnist04"]) == 14
-    assert len(near_far(out, "demo")[1]) == 13 and near_far(out, "demo")[1][-1] == "mnist_blur_3"
+    assert len(near_far(out, "demo")[1]) == 7 and near_far(out, "demo")[1][-1] == "shapes"
 
 
 def with_import(entry: dict, arch: str = "resnet8", eps: str = "1") -> dict:

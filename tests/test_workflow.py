@@ -55,11 +55,11 @@ def test_demo_dry_run(tmp_path):
     counts = job_counts(r.stdout)
     # eps 0 and 1 x 3 seeds, eps 8 (the sweep), Gaussian noise at eps 1 x 3 seeds
     assert counts["train_source"] == 6 + 1 + 3
-    # batch_jobs: one mode-0 job per model for 17 targets + the source as reference, one distance job
+    # batch_jobs: one mode-0 job per model for 14 targets + the source as reference, one distance job
     batches = [rule for rule in counts if rule.startswith("transfer_mode0_")]
     assert len(batches) == 6 and "transfer" not in counts and counts["distances_fmnist04_resnet8_eps0_s0"] == 1
     planned = [f for rule, files in planned_outputs(r.stdout).items() if rule in batches for f in files]
-    assert sum(f.endswith("/mode0/metrics.json") for f in planned) == 6 * 18
+    assert sum(f.endswith("/mode0/metrics.json") for f in planned) == 6 * 15
 
 
 def planned_outputs(output: str, field: str = "output") -> dict[str, list[str]]:
