@@ -189,6 +189,17 @@ def transfer_experiments(config: dict) -> dict[tuple[str, str, int], str]:
     return out
 
 
+def merge_files(paths: list[str]) -> dict:
+    """Config files merged the way Snakemake merges several --configfile (nested keys of later files
+    win), before validation: what the files say, no defaults."""
+    from snakemake.utils import update_config
+
+    merged: dict = {}
+    for path in paths:
+        update_config(merged, yaml.safe_load(Path(path).read_text()) or {})
+    return merged
+
+
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

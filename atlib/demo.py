@@ -156,6 +156,15 @@ def machine() -> str:
     return summary(describe())
 
 
+def pin_numerics(configs: list[str]) -> None:
+    """The config's numerics variables in this process too (the Snakefile sets them for the jobs; a
+    user's own value wins), so that `machine()` names what the jobs ran with."""
+    from .config import merge_files
+    from .numerics import apply_env
+
+    apply_env(merge_files(configs).get("numerics"))
+
+
 def check_against_reference(claims_csv: Path, reference: Path, configs: list[str]) -> None:
     """Print, per claim, whether this run's verdict agrees with the committed reference."""
     import pandas as pd
@@ -201,6 +210,7 @@ def main() -> None:
     ap.add_argument("--reference", type=Path, default=ROOT / "benchmarks" / "results" / "demo_claims.csv",
                     help="the verdicts of record this run is compared with")
     args = ap.parse_args()
+    pin_numerics(args.config)
     code, wall, rss = run_workflow(args.config, args.results)
     if code != 0:
         raise SystemExit(f"demo: snakemake failed (exit {code}); see the log named above")

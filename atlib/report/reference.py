@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from ..config import merge_files
 from .stability import FRAGILE_BELOW
 
 LAYOUT = 1  # the columns below; a reference of another layout is refused by name
@@ -27,11 +27,7 @@ COLUMNS = ["claim", "verdict", "effect", "lo", "hi", "n", "unit", "stability", "
 def config_identity(configs: list[str]) -> tuple[str, str]:
     """(the config files as given, a hash of their merged content without `results`): two runs of
     the same configs into different result directories have the same identity."""
-    from snakemake.utils import update_config
-
-    merged: dict = {}
-    for path in configs:
-        update_config(merged, yaml.safe_load(Path(path).read_text()) or {})
+    merged = merge_files(configs)
     merged.pop("results", None)
     digest = hashlib.sha256(json.dumps(merged, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return " ".join(configs), digest
