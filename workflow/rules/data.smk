@@ -1,9 +1,10 @@
-# prepare_dataset: registered or derived dataset -> the uniform format under results/data/.
+# prepare_dataset: registered, derived or image-folder dataset -> the uniform format under results/data/.
 
 
 rule prepare_dataset:
     input:
         base=derived_base,
+        images=folder_images,
     output:
         meta=dataset_meta("{dataset}"),
     log:
