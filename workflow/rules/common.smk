@@ -81,6 +81,18 @@ def derived_base(wc):
     return [dataset_meta(spec["base"])] if spec and spec["base"] != FOLDER else []
 
 
+# Keys of datasets.<name> read only for base folder: left out of other derived datasets' params, so
+# that runs prepared before folders existed are not rerun for keys they never use.
+FOLDER_KEYS = ("path", "test_fraction", "image_size", "channels")
+
+
+def derived_spec(wc):
+    spec = config["datasets"].get(wc.dataset)
+    if spec is None or spec["base"] == FOLDER:
+        return spec
+    return {k: v for k, v in spec.items() if k not in FOLDER_KEYS}
+
+
 def folder_images(wc):
     """Every image a folder dataset reads (atlib.data.folder): a changed image reruns its preparation."""
     spec = config["datasets"].get(wc.dataset)

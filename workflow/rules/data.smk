@@ -14,7 +14,7 @@ rule prepare_dataset:
     resources:
         mem_mb=4000,
     params:
-        derived=lambda wc: config["datasets"].get(wc.dataset),
+        derived=derived_spec,
         data_root=config["data_root"],
         allow_download=config["allow_download"],
     script:
