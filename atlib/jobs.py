@@ -224,6 +224,23 @@ def track_inputs(config: dict, results: str) -> list[str]:
     return [f for job in result_jobs(config) for name, f in job.outputs(results).items() if name not in big]
 
 
+def recommendations(results: str) -> list[str]:
+    """The targets with a recommendation under `results` (atlib.recommend writes them, no rule does):
+    the report's "Your targets" section reads their ranking.csv and ranking.png."""
+    from pathlib import Path
+
+    rx = RECOMMEND.regex()
+    return sorted(p.parent.name for p in Path(results, RECOMMEND.folder).glob("*/ranking.csv")
+                  if rx.match(p.parent.name) and p.parent.name != "features")
+
+
+def recommendation_files(results: str) -> list[str]:
+    """Every file of `recommendations` that the report reads (the aggregate rule's input)."""
+    key = ModelKey("_", "_", "0", 0)
+    return [Job(RECOMMEND, key, target=t).path(results, n) for t in recommendations(results)
+            for n in ("ranking", "figure")]
+
+
 def by_model(jobs: Iterable[Job]) -> dict[str, tuple[ModelKey, list[Job]]]:
     """Jobs grouped by model path, in order (one batched rule per model)."""
     out: dict[str, tuple[ModelKey, list[Job]]] = {}

@@ -342,6 +342,7 @@ def figure(df: pd.DataFrame, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    fig.savefig(path.with_suffix(".pdf"))  # beside the png, as every report figure
     plt.close(fig)
 
 

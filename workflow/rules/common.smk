@@ -60,8 +60,8 @@ def all_results():
 
 
 def report_inputs():
-    """Every file `aggregate` reads (atlib.report.load)."""
-    return jobs.report_inputs(config, RESULTS)
+    """Every file `aggregate` reads (atlib.report.load, and the rankings of "Your targets")."""
+    return jobs.report_inputs(config, RESULTS) + jobs.recommendation_files(RESULTS)
 
 
 def track_inputs():
@@ -283,4 +283,6 @@ def report_category(wc) -> str:
         return "2. Tables"
     if name.startswith(("gap_vs_distance", "mode_comparison", "learning_curves", "source_tradeoff")):
         return "3. Transfer figures"
+    if name.startswith("target_"):
+        return "5. Your targets"
     return "4. Information, representations, inversion"
