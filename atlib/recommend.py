@@ -293,15 +293,17 @@ def summary(s: Setup, df: pd.DataFrame, why: list[str], fitted: dict[float, Fit]
              f"`{s.experiment}` ({exp['source']}, {exp['arch']}). The folder's {column} from {exp['source']} "
              f"(standard probe): {x0:.4g}; the relation is fitted on this run's mode-0 results ({fitted_on}).", ""]
     pick = f"eps {first['eps']:g} (`{first['model']}`)"
-    pred = _interval(first["predicted_gap"], first["gap_lo"], first["gap_hi"], " points")
+    pred = _interval(first["predicted_gap"], first["gap_lo"], first["gap_hi"], " points") + " over the standard model"
+    if first["eps"] == 0:
+        pred = "the standard model itself (no robust candidate is predicted to beat it)"
     if not why:
-        lines.append(f"**Start from {pick}: predicted {pred} over the standard model** "
+        lines.append(f"**Start from {pick}: predicted {pred}** "
                      f"({LEVEL:.0%} prediction interval for a new base set).")
     else:
         lines += ["**The fitted relation cannot tell for this folder:**", *[f"- {w}" for w in why], "",
                   f"Ranked by the distance alone ({first['fallback']} of each candidate's own features); every "
                   f"row is marked *extrapolated*. First pick: {pick}; the fitted prediction, for reference only: "
-                  f"{pred if math.isfinite(first['predicted_gap']) else 'none'} over the standard model."]
+                  f"{pred if first['eps'] > 0 and math.isfinite(first['predicted_gap']) else 'none'}."]
     lines += ["", "| rank | model | eps | predicted top-1 [95% PI] | predicted gap [95% PI] | "
               f"{first['fallback']} | extrapolated |" + (" measured top-1 |" if confirm else ""),
               "|---|---|---|---|---|---|---|" + ("---|" if confirm else "")]
@@ -314,7 +316,7 @@ def summary(s: Setup, df: pd.DataFrame, why: list[str], fitted: dict[float, Fit]
                      f"{'yes' if r['extrapolated'] else 'no'} |{measured}")
     if confirm:
         rho = f"{confirm['spearman']:+.2f}" if math.isfinite(confirm["spearman"]) else "undefined (tied)"
-        lines += ["", f"**Confirmed** ({confirm['n']} candidates fine-tuned, mode 0): Spearman between the "
+        lines += ["", f"**Confirmed** ({confirm['n']} candidate(s) fine-tuned, mode 0): Spearman between the "
                   f"predicted order and the measured top-1 {rho}; regret (best measured minus "
                   f"the first pick's) {confirm['regret']:.2f} points."]
     return "\n".join(lines) + "\n"
