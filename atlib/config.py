@@ -222,6 +222,7 @@ def check_config(config: dict, known_datasets: set[str] | None = None, decode_im
 
         known_datasets = set(REGISTRY)
     _expand_ladders(config, set(known_datasets))
+    validate_config(config)  # the schema's defaults for the ladder levels just added (one source of truth)
     datasets = set(known_datasets) | set(config["datasets"])
     for name, spec in config["datasets"].items():
         if name in known_datasets:
@@ -442,7 +443,9 @@ def _expand_ladders(config: dict, known_datasets: set[str]) -> None:
                      "max_test": spec["max_test"], "seed": spec["seed"]}
             if ds in known_datasets:
                 raise ConfigError(f"config error at {where}: level {ds!r} clashes with a registered dataset")
-            if config["datasets"].setdefault(ds, level) != level:
+            # A second check sees the level with the schema's defaults filled (folder-only keys too).
+            existing = config["datasets"].setdefault(ds, level)
+            if {k: v for k, v in existing.items() if k in level} != level:
                 raise ConfigError(f"config error at {where}: level {ds!r} clashes with datasets.{ds}")
     names = set(known_datasets) | set(config["datasets"])
     for name, spec in config["ladders"].items():
