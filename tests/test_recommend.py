@@ -269,3 +269,25 @@ def test_recommend_then_confirm_on_the_tiny_run(tiny_run, tmp_path):
     assert "Spearman" in (out / "summary.md").read_text() and "regret" in (out / "summary.md").read_text()
     meta = json.loads((run / "results" / "data" / "letters_kl" / "meta.json").read_text())
     assert meta["classes"] == list(LETTERS)
+
+
+def test_report_has_your_targets_only_when_a_recommendation_exists(tmp_path):
+    from atlib import jobs
+    from atlib.report import _Sections, _targets_section
+
+    res, out = tmp_path / "results", tmp_path / "report"
+    out.mkdir()
+    sec = _Sections(out)
+    _targets_section(sec, res)
+    assert sec.entries == [] and jobs.recommendations(str(res)) == []
+    where = res / "recommend" / "mine"
+    where.mkdir(parents=True)
+    pd.DataFrame([{"rank": 1, "model": "src/resnet8/eps1/s0", "eps": 1.0, "basis": "distance alone",
+                   "extrapolated": True}]).to_csv(where / "ranking.csv", index=False)
+    (where / "ranking.png").write_bytes(b"png")
+    (res / "recommend" / "features").mkdir()  # the candidates' feature caches are not a target
+    _targets_section(sec, res)
+    assert jobs.recommendations(str(res)) == ["mine"]
+    assert {e[0] for e in sec.entries} == {"Your targets"} and (out / "target_mine.png").is_file()
+    assert "extrapolated" in (out / "target_mine.html").read_text()
+    assert jobs.recommendation_files(str(res)) == [str(where / "ranking.csv"), str(where / "ranking.png")]
