@@ -1,4 +1,4 @@
-# make demo | make test | make verify | make bench | make demo-reference | make ui | make profile-link | make clean
+# make demo | make test | make verify | make bench | make demo-reference | make ui | make recommend TARGET=DIR | make profile-link | make clean
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config/demo.yaml
 RESULTS ?= results
 
-.PHONY: demo test verify bench demo-reference ui profile-link dry-run clean venv data-demo
+.PHONY: demo test verify bench demo-reference ui recommend profile-link dry-run clean venv data-demo
 
 venv: $(STAMP)
 
@@ -55,6 +55,17 @@ dry-run: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RESULTS))/mlflow.db --host 127.0.0.1 --port 5000
+
+# Which model to fine-tune on an image folder, from a finished run (CONFIG, RESULTS): the ranking in
+# seconds; CONFIRM=1 also fine-tunes the top candidates and the standard model to measure it.
+# (TARGET is checked when the Makefile is read, before the venv is set up.)
+ifneq ($(filter recommend,$(MAKECMDGOALS)),)
+ifndef TARGET
+$(error usage: make recommend TARGET=DIR [CONFIRM=1] [CONFIG=...] [RESULTS=...])
+endif
+endif
+recommend: $(STAMP)
+	$(BIN)/python -m atlib.recommend --target $(TARGET) --config $(CONFIG) --results $(RESULTS) $(if $(CONFIRM),--confirm)
 
 profile-link:
 	mkdir -p $(HOME)/.config/snakemake

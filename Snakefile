@@ -22,7 +22,8 @@ sys.path.insert(0, workflow.basedir)
 from atlib.config import ConfigError, check_config, missing_source_files
 
 try:
-    check_config(config)
+    # Image folders (datasets with base folder) are decoded once, here, not again in every job.
+    check_config(config, decode_images=workflow.is_main_process)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 missing = missing_source_files(config)

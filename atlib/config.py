@@ -19,6 +19,9 @@ from typing import Any, Iterator
 import jsonschema
 import yaml
 
+# `datasets.<name>.base` of a dataset read from an image folder (atlib.data.folder), not from a dataset.
+FOLDER = "folder"
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -204,8 +207,11 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
-    """Schema validation (defaults filled) plus the checks a schema cannot express. Returns the config."""
+def check_config(config: dict, known_datasets: set[str] | None = None, decode_images: bool = False) -> dict:
+    """Schema validation (defaults filled) plus the checks a schema cannot express. Returns the config.
+
+    decode_images: decode every image of the folder datasets (finds truncated files before any job; the
+    Snakefile's main process and atlib.recommend), else read their headers only (every job re-checks)."""
     validate_config(config)
     factors = config["fisher"]["budget_factors"]
     if max(factors) < 100 * min(factors):
@@ -216,10 +222,14 @@ def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
 
         known_datasets = set(REGISTRY)
     _expand_ladders(config, set(known_datasets))
+    validate_config(config)  # the schema's defaults for the ladder levels just added (one source of truth)
     datasets = set(known_datasets) | set(config["datasets"])
     for name, spec in config["datasets"].items():
         if name in known_datasets:
             raise ConfigError(f"config error at datasets.{name}: name clashes with a registered dataset")
+        if spec["base"] == FOLDER:
+            _check_folder(config, name, spec, decode_images)
+            continue
         if spec["base"] not in datasets or spec["base"] == name:
             raise ConfigError(f"config error at datasets.{name}.base: unknown dataset {spec['base']!r}")
         _check_strength(spec["transform"], spec["strength"], f"datasets.{name}.strength")
@@ -253,6 +263,41 @@ def check_config(config: dict, known_datasets: set[str] | None = None) -> dict:
                 raise ConfigError(f"config error at {where}: model {key.path} is defined again with another "
                                   "width or train schedule")
     return config
+
+
+def _check_folder(config: dict, name: str, spec: dict, decode: bool) -> None:
+    """A folder dataset: its path and layout checked (no pixel decoded: atlib.data.folder.check_folder),
+    and its image size and channels filled from the source of the first experiment targeting it."""
+    from .data.folder import FolderError, check_folder
+
+    where = f"config error at datasets.{name}"
+    if not spec["path"]:
+        raise ConfigError(f"{where}.path: a dataset with base folder needs path (the image folder)")
+    for key in ("classes", "max_train", "max_test"):
+        if spec[key] is not None:
+            raise ConfigError(f"{where}.{key}: not supported with base folder (the folder is used whole)")
+    if spec["transform"] != "none":
+        raise ConfigError(f"{where}.transform: not supported with base folder")
+    try:
+        check_folder(spec["path"], decode)
+    except FolderError as err:
+        raise ConfigError(f"{where}.path: {err}") from None
+    size, channels = source_geometry(config, name)
+    spec["image_size"] = spec["image_size"] or size
+    spec["channels"] = spec["channels"] or channels
+
+
+def source_geometry(config: dict, target: str) -> tuple[int, int]:
+    """(image size, channels) of the source of the first experiment targeting `target` (32, 3 if none):
+    a folder's images are stored at its source's input size."""
+    from .data import REGISTRY
+
+    for exp in config["experiments"].values():
+        if target in exp["targets"]:
+            base = base_set(config, exp["source"])
+            if base in REGISTRY:
+                return REGISTRY[base].image_size, REGISTRY[base].channels
+    return 32, 3
 
 
 def pretrained_entry(config: dict, exp: dict, eps: float | str) -> tuple[str, dict] | None:
@@ -345,7 +390,8 @@ def base_set(config: dict, dataset: str) -> str:
     transforms, ladder levels) down to a registered dataset. Targets with one base set form one
     cluster in the claims check: a shift in how a model sees that base moves all of them together."""
     seen = [dataset]
-    while dataset in config["datasets"] and config["datasets"][dataset].get("base") not in (None, dataset):
+    # A folder dataset is its own base set (FOLDER names no dataset).
+    while dataset in config["datasets"] and config["datasets"][dataset].get("base") not in (None, dataset, FOLDER):
         dataset = config["datasets"][dataset]["base"]
         if dataset in seen:
             raise ConfigError(f"config error at datasets.{seen[0]}.base: a cycle {' -> '.join(seen + [dataset])}")
@@ -397,7 +443,9 @@ def _expand_ladders(config: dict, known_datasets: set[str]) -> None:
                      "max_test": spec["max_test"], "seed": spec["seed"]}
             if ds in known_datasets:
                 raise ConfigError(f"config error at {where}: level {ds!r} clashes with a registered dataset")
-            if config["datasets"].setdefault(ds, level) != level:
+            # A second check sees the level with the schema's defaults filled (folder-only keys too).
+            existing = config["datasets"].setdefault(ds, level)
+            if {k: v for k, v in existing.items() if k in level} != level:
                 raise ConfigError(f"config error at {where}: level {ds!r} clashes with datasets.{ds}")
     names = set(known_datasets) | set(config["datasets"])
     for name, spec in config["ladders"].items():

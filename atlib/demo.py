@@ -85,13 +85,13 @@ def run_measured(cmd: list[str], on_line: Callable[[str], None] | None = None) -
 
 
 def snakemake_cmd(configs: list[str], results: str, *extra: str, workdir: Path = ROOT,
-                  targets: tuple[str, ...] = ()) -> list[str]:
+                  targets: tuple[str, ...] = (), profile: str = "profiles/local") -> list[str]:
     """Snakemake merges several config files in order (nested keys of later files win).
 
     Targets come first: --configfile and --config take several values and would swallow them.
     """
     where = [] if Path(workdir).resolve() == ROOT else ["--directory", str(workdir)]
-    return [sys.executable, "-m", "snakemake", *targets, "--profile", "profiles/local", *where,
+    return [sys.executable, "-m", "snakemake", *targets, "--profile", profile, *where,
             "--configfile", *configs, "--config", f"results={results}", *extra]
 
 
@@ -122,8 +122,8 @@ def clear_stale_lock(configs: list[str], results: str, workdir: Path = ROOT) -> 
     return True
 
 
-def run_workflow(configs: list[str], results: str, workdir: Path = ROOT,
-                 targets: tuple[str, ...] = ()) -> tuple[int, float, float]:
+def run_workflow(configs: list[str], results: str, workdir: Path = ROOT, targets: tuple[str, ...] = (),
+                 profile: str = "profiles/local") -> tuple[int, float, float]:
     """The DAG (all, or `targets`) after a stale lock is cleared: (exit code, wall seconds, peak RSS in MB).
 
     Prints one line per finished job and each failure's log (atlib.progress); Snakemake's whole output
@@ -141,7 +141,8 @@ def run_workflow(configs: list[str], results: str, workdir: Path = ROOT,
             for out in digest.feed(line):
                 print(out, flush=True)
 
-        result = run_measured(snakemake_cmd(configs, results, workdir=workdir, targets=targets), on_line)
+        result = run_measured(snakemake_cmd(configs, results, workdir=workdir, targets=targets, profile=profile),
+                              on_line)
     for out in digest.close_block():
         print(out, flush=True)
     if result[0] != 0 and not digest.failures:

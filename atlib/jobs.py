@@ -14,6 +14,7 @@ Example (a rule file with a batched per-model rule)::
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -27,6 +28,12 @@ WILDCARDS = {
     "arch": r"[A-Za-z0-9_]+", "tag": r"eps|gn", "eps": r"[0-9]+(?:\.[0-9]+)?", "seed": r"[0-9]+",
     "mode": r"[012]", "method": r"plain|variational|effective",
 }
+
+
+def job_seed(*parts: object) -> int:
+    """A stable seed from wildcard values (rerun with the same inputs = same outputs); the rules'
+    seeds, and atlib.recommend's (the same images of a dataset as the features rule)."""
+    return zlib.crc32("/".join(map(str, parts)).encode()) % (2**31)
 
 
 def pattern_regex(pattern: str) -> re.Pattern:
@@ -84,6 +91,11 @@ REPRESENTATION = Kind("representation", "representation", MODEL_PATH,
                       (("summary", "summary.json"), ("tsne", "tsne.csv"), ("tsne_png", "tsne.png")))
 INVERT = Kind("invert", "invert", MODEL_PATH + "/{method}",
               (("images", "images.png"), ("curve", "curve.csv"), ("summary", "summary.json"), ("recon", "recon.npz")))
+# atlib.recommend (not a rule): one ranking per target folder, and each candidate model's feature caches.
+RECOMMEND = Kind("recommend", "recommend", "{target}",
+                 (("ranking", "ranking.csv"), ("summary", "summary.md"), ("figure", "ranking.png")))
+CANDIDATE_FEATURES = Kind("recommend", "recommend/features", MODEL_PATH + "/{dataset}.features.npz",
+                          (("features", ""),), True)
 REPORT = Kind("aggregate", "report", "", (("summary", "summary.md"),))
 # The MLflow ingest in two jobs: every result while the report is made, then the report.
 TRACK_RESULTS = Kind("track_results", "tracking", "", (("summary", "results.json"),))
@@ -210,6 +222,23 @@ def track_inputs(config: dict, results: str) -> list[str]:
     jobs' outputs but model weights and Fisher tensors (too big to hash as artifacts)."""
     big = ("model", "fisher")
     return [f for job in result_jobs(config) for name, f in job.outputs(results).items() if name not in big]
+
+
+def recommendations(results: str) -> list[str]:
+    """The targets with a recommendation under `results` (atlib.recommend writes them, no rule does):
+    the report's "Your targets" section reads their ranking.csv and ranking.png."""
+    from pathlib import Path
+
+    rx = RECOMMEND.regex()
+    return sorted(p.parent.name for p in Path(results, RECOMMEND.folder).glob("*/ranking.csv")
+                  if rx.match(p.parent.name) and p.parent.name != "features")
+
+
+def recommendation_files(results: str) -> list[str]:
+    """Every file of `recommendations` that the report reads (the aggregate rule's input)."""
+    key = ModelKey("_", "_", "0", 0)
+    return [Job(RECOMMEND, key, target=t).path(results, n) for t in recommendations(results)
+            for n in ("ranking", "figure")]
 
 
 def by_model(jobs: Iterable[Job]) -> dict[str, tuple[ModelKey, list[Job]]]:

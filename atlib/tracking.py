@@ -759,3 +759,39 @@ def live_for_job(tracking: dict[str, Any], results: str | Path, output_file: str
     uri = tracking["uri"] or default_uri(results)
     tags = {"rule": rule, **{k: str(v) for k, v in wildcards.items()}}
     return LiveLogger(uri, tracking["experiment"], job_key(results, output_file), tags, enabled=bool(tracking["live"]))
+
+
+def log_recommendation(results: str | Path, tracking: dict[str, Any], target: str, out_dir: Path,
+                       score: dict[str, float]) -> str:
+    """One MLflow run per recommendation (atlib.recommend; job_key recommend/<target>), nested under a
+    run of its target (job_key target/<target>), with the ranking, summary and figure as artifacts.
+    A rerun replaces the recommendation's run (soft delete, as the ingest does). Returns its run id."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking["uri"] or default_uri(results)
+    client = MlflowClient(uri)
+    eid = _experiment_id(client, tracking["experiment"], _artifact_root(uri, results))
+    runs = _runs_by_key(client, eid)
+    tags = {"rule": "recommend", "target": target}
+    parent = runs.get(f"target/{target}", [None])[0]
+    if parent is None:
+        parent = client.create_run(eid, run_name=f"target {target}", tags={**tags, "rule": "target",
+                                                                              "job_key": f"target/{target}"})
+        client.set_terminated(parent.info.run_id, "FINISHED")
+    for old in runs.get(f"recommend/{target}", []):
+        client.delete_run(old.info.run_id)
+    run = client.create_run(eid, run_name=f"recommend {target}",
+                            tags={**tags, "job_key": f"recommend/{target}", "mlflow.parentRunId": parent.info.run_id})
+    rid, now = run.info.run_id, int(time.time() * 1000)
+    first = next(csv.DictReader((out_dir / "ranking.csv").open()))
+    values = {"first/predicted_gap": first["predicted_gap"], "first/predicted_top1": first["predicted_top1"],
+              "first/eps": first["eps"], **{f"confirm/{k}": v for k, v in score.items()}}
+    metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if _float(str(v)) is not None]
+    client.log_batch(rid, metrics=metrics, tags=[])
+    client.set_tag(rid, "basis", first["basis"])
+    for name in ("ranking.csv", "summary.md", "ranking.png"):
+        client.log_artifact(rid, str(out_dir / name))
+    with redirect_stdout(io.StringIO()):
+        client.set_terminated(rid, "FINISHED")
+    return rid

@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark in turn; each writes its JSON to benchmarks/results/.
 
 Usage: python benchmarks/run_all.py [name ...]   (names: adversarial_step, autoattack, transfer_cache,
-fisher, distances, numerics, demo, inversion; default all, in that order: inversion reads the demo's curves).
+fisher, distances, recommend, numerics, demo, inversion; default all, in that order: inversion reads the demo's curves).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ BENCHES = {
     "transfer_cache": [sys.executable, str(HERE / "bench_transfer_cache.py")],
     "fisher": [sys.executable, str(HERE / "bench_fisher.py")],
     "distances": [sys.executable, str(HERE / "bench_distances.py")],
+    # atlib.recommend's ranking (distances only): 6 candidates on a 2,000-image folder.
+    "recommend": [sys.executable, str(HERE / "bench_recommend.py")],
     # Which CPU numerics settings change a small training run's bits, and at what cost.
     "numerics": [sys.executable, str(HERE / "bench_numerics.py")],
     # The whole offline demo, timed from scratch in a fresh results directory.

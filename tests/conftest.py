@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +48,15 @@ def save_tiny_model(path: Path, num_classes: int = 3, in_channels: int = 1, arch
     save_model(path, model, {"arch": arch, "num_classes": num_classes, "in_channels": in_channels,
                              "width": 0.125, "normalization": None, "image_size": 8, **meta})
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny config through every rule, in its own working directory (own .snakemake/); shared by
+    the workflow and recommend tests (a test that adds files works on a copy)."""
+    work = tmp_path_factory.mktemp("tiny")
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2", "-d",
+                        str(work), "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--config",
+                        "results=results"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    return work

@@ -197,8 +197,12 @@ def test_ladder_expands_into_datasets_and_targets():
     cfg["experiments"]["demo"]["targets"] = ["mnist5k", "dblur_2"]  # a level already listed stays in place
     out = check_config(cfg, DATASETS)
     assert ladder_levels(out) == {"dblur": [("dblur_1", 0.5), ("dblur_2", 1), ("dblur_3", 2)]}
-    assert out["datasets"]["dblur_3"] == {"base": "digits", "classes": None, "transform": "blur", "strength": 2,
-                                          "max_train": 50, "max_test": None, "seed": 0}
+    level = {"base": "digits", "classes": None, "transform": "blur", "strength": 2, "max_train": 50, "max_test": None,
+             "seed": 0}
+    # the level's own keys, and the schema's defaults of the image-folder keys it does not use
+    assert {k: out["datasets"]["dblur_3"][k] for k in level} == level
+    assert out["datasets"]["dblur_3"]["path"] is None and set(out["datasets"]["dblur_3"]) - set(level) == {
+        "path", "test_fraction", "image_size", "channels"}
     assert out["experiments"]["demo"]["targets"] == ["mnist5k", "dblur_2", "dblur_1", "dblur_3"]
     assert out["experiments"]["demo_sweep"]["targets"] == []
     again = check_config(copy.deepcopy(out), DATASETS)  # the Snakefile and a script may both check it

@@ -107,16 +107,6 @@ def test_bad_config_refused_before_any_job(tmp_path, edit, expect):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """The tiny config through every rule, in its own working directory (own .snakemake/)."""
-    work = tmp_path_factory.mktemp("tiny")
-    r = snakemake("--profile", "profiles/local", "--cores", "2", "-d", str(work),
-                  "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--config", "results=results")
-    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
-    return work
-
-
 def test_tiny_end_to_end_outputs(tiny_run):
     res = tiny_run / "results"
     for rel in ["models/src/resnet8/eps0.5/s0/metrics.json", "models/src/resnet8/eps0/s0/history.csv",

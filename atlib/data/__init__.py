@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..config import FOLDER
 from . import offline  # noqa: F401  (registers the offline datasets)
 from .registry import REGISTRY, AcquireContext, Arrays, DatasetMissing, DatasetSpec, Index, get_spec
 from .store import DataIntegrityError, Prepared, write_prepared
@@ -16,7 +17,7 @@ except ImportError as err:  # pragma: no cover - only while the module is absent
         raise
 
 __all__ = [
-    "REGISTRY", "AcquireContext", "Arrays", "DataIntegrityError", "DatasetMissing", "DatasetSpec", "Index", "Prepared",
+    "FOLDER", "REGISTRY", "AcquireContext", "Arrays", "DataIntegrityError", "DatasetMissing", "DatasetSpec", "Index", "Prepared",
     "TensorPairs", "adapt", "iterate", "get_spec", "load_batches", "prepare", "sample_images", "split_data",
     "write_prepared",
 ]
@@ -36,6 +37,13 @@ def __getattr__(name: str) -> Any:
 def prepare(name: str, out: Path, ctx: AcquireContext, derived: dict[str, Any] | None = None,
             base_dir: Path | None = None) -> dict:
     """Acquire dataset `name` (registered, or derived from `base_dir`) and write it to `out`."""
+    if derived is not None and derived.get("base") == FOLDER:
+        from .folder import load_folder
+
+        raw = load_folder(derived["path"], derived["image_size"], derived["channels"], derived["test_fraction"],
+                          derived["seed"])
+        return write_prepared(raw, Path(out), name, len(raw.classes), derived["image_size"], derived["channels"],
+                              source=f"image folder {derived['path']}")
     if derived is not None:
         from .derived import derive, derived_num_classes
 

@@ -77,10 +77,11 @@ def aggregate(config: dict, out_dir: str | Path, results_dir: str | Path | None 
     _information_section(sec, res)
     sec.add("Paper", write_paper_comparison(res, out), "Our top-1 beside the paper's where the setting (source, "
             "arch, eps, target, mode) matches one of the paper's tables; otherwise a note says none matches.")
+    root = Path(results_dir if results_dir is not None else config["results"])
+    _targets_section(sec, root)
     claims = _claims_section(sec, res, n_boot)
     entries = sec.entries
     summary = out / "summary.md"
-    root = Path(results_dir if results_dir is not None else config["results"])
     summary.write_text(_summary(res, entries, claims, out, _numerics_lines(config, root)))
     files = [p for _, fs, _ in entries for p in fs] + [summary]
     log.info("report: %d files in %s (%d missing results)", len(files), out, len(res.missing))
@@ -120,6 +121,25 @@ def _results_section(sec: _Sections, res: Results, rep: dict, groups: list[tuple
         f"Gaussian and exact OTDD, Task2Vec) and LogME ranked by the Spearman correlation of the mean gap with it "
         f"(times its expected sign), over independent base sets: two-level permutation p-value, 95% three-stage "
         f"bootstrap interval ({rep['bootstrap']} resamples), the verdict rule, and Pearson's r.")
+
+
+def _targets_section(sec: _Sections, root: Path) -> None:
+    """Your targets: every recommendation made for a user's image folder (atlib.recommend), where any."""
+    import shutil
+
+    for name in jobs.recommendations(str(root)):
+        where = root / jobs.RECOMMEND.folder / name
+        ranking = pd.read_csv(where / "ranking.csv")
+        first = ranking.iloc[0]
+        note = (f"first pick {first['model']} ({first['basis']}"
+                f"{', extrapolated' if bool(first['extrapolated']) else ''}); summary: {where / 'summary.md'}")
+        files = _tidy(sec.out, f"target_{name}", ranking, f"Your target {name}: which model to fine-tune", note)
+        for ext in (".png", ".pdf"):
+            if (where / f"ranking{ext}").is_file():
+                shutil.copyfile(where / f"ranking{ext}", sec.out / f"target_{name}{ext}")
+        sec.add("Your targets", [sec.out / f"target_{name}.png"], f"{name}: predicted mode-0 top-1 against the "
+                "source model's eps, with 95% prediction intervals (measured top-1 where --confirm ran).")
+        sec.add("Your targets", files, f"{name}: the candidates ranked ({note}).")
 
 
 def _ladders_section(sec: _Sections, res: Results) -> None:

@@ -1,8 +1,10 @@
 # Target lists, input functions and wildcard constraints shared by every rule file. The jobs, their
 # result paths and wildcard patterns come from atlib.jobs (also read by the report and the ingest).
 import atlib.jobs as jobs
-from atlib.config import ModelKey, config_hash, model_experiments, pretrained_entry, source_file
+from atlib.config import FOLDER, ModelKey, config_hash, model_experiments, pretrained_entry, source_file
 from atlib.config import transfer_experiments
+from atlib.data.folder import folder_files
+from atlib.jobs import job_seed
 from atlib.tracking import default_uri
 
 RESULTS = config["results"]
@@ -49,13 +51,6 @@ def model_file(key: ModelKey) -> str:
     return jobs.Job(jobs.MODEL, key).path(RESULTS, "model")
 
 
-def job_seed(*parts) -> int:
-    """A stable seed from wildcard values (rerun with the same inputs = same outputs)."""
-    import zlib
-
-    return zlib.crc32("/".join(map(str, parts)).encode()) % (2**31)
-
-
 # --------------------------------------------------------------------------- targets
 
 
@@ -65,8 +60,8 @@ def all_results():
 
 
 def report_inputs():
-    """Every file `aggregate` reads (atlib.report.load)."""
-    return jobs.report_inputs(config, RESULTS)
+    """Every file `aggregate` reads (atlib.report.load, and the rankings of "Your targets")."""
+    return jobs.report_inputs(config, RESULTS) + jobs.recommendation_files(RESULTS)
 
 
 def track_inputs():
@@ -83,7 +78,25 @@ def all_targets():
 
 def derived_base(wc):
     spec = config["datasets"].get(wc.dataset)
-    return [dataset_meta(spec["base"])] if spec else []
+    return [dataset_meta(spec["base"])] if spec and spec["base"] != FOLDER else []
+
+
+# Keys of datasets.<name> read only for base folder: left out of other derived datasets' params, so
+# that runs prepared before folders existed are not rerun for keys they never use.
+FOLDER_KEYS = ("path", "test_fraction", "image_size", "channels")
+
+
+def derived_spec(wc):
+    spec = config["datasets"].get(wc.dataset)
+    if spec is None or spec["base"] == FOLDER:
+        return spec
+    return {k: v for k, v in spec.items() if k not in FOLDER_KEYS}
+
+
+def folder_images(wc):
+    """Every image a folder dataset reads (atlib.data.folder): a changed image reruns its preparation."""
+    spec = config["datasets"].get(wc.dataset)
+    return folder_files(spec["path"]) if spec and spec["base"] == FOLDER else []
 
 
 # --------------------------------------------------------------------------- source models
@@ -270,4 +283,6 @@ def report_category(wc) -> str:
         return "2. Tables"
     if name.startswith(("gap_vs_distance", "mode_comparison", "learning_curves", "source_tradeoff")):
         return "3. Transfer figures"
+    if name.startswith("target_"):
+        return "5. Your targets"
     return "4. Information, representations, inversion"

@@ -1,9 +1,10 @@
-# prepare_dataset: registered or derived dataset -> the uniform format under results/data/.
+# prepare_dataset: registered, derived or image-folder dataset -> the uniform format under results/data/.
 
 
 rule prepare_dataset:
     input:
         base=derived_base,
+        images=folder_images,
     output:
         meta=dataset_meta("{dataset}"),
     log:
@@ -13,7 +14,7 @@ rule prepare_dataset:
     resources:
         mem_mb=4000,
     params:
-        derived=lambda wc: config["datasets"].get(wc.dataset),
+        derived=derived_spec,
         data_root=config["data_root"],
         allow_download=config["allow_download"],
     script:
