@@ -258,7 +258,9 @@ def rank(s: Setup, dist: pd.DataFrame, fitted: dict[float, Fit], x0: float) -> t
                      "origin": "imported" if pretrained_entry(s.config, s.exp, key.eps) else "trained",
                      "distance": column, "distance_value": r[column], "target_distance": x0,
                      "predicted_gap": f.gap.value, "gap_lo": f.gap.lo, "gap_hi": f.gap.hi,
-                     "predicted_top1": f.top1.value, "predicted_lo": f.top1.lo, "predicted_hi": f.top1.hi,
+                     # top-1 is a percentage: its interval is cut at 0 and 100 (NaN, no interval, stays NaN)
+                     "predicted_top1": f.top1.value, "predicted_lo": max(f.top1.lo, 0.0),
+                     "predicted_hi": min(f.top1.hi, 100.0),
                      "decided": f.decided, "extrapolated": bool(why), "fallback": fallback,
                      "fallback_value": r[fallback], **{c: r.get(c, math.nan) for c in DISTANCES if c in r}})
     df = pd.DataFrame(rows)

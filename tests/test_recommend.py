@@ -291,3 +291,16 @@ def test_report_has_your_targets_only_when_a_recommendation_exists(tmp_path):
     assert {e[0] for e in sec.entries} == {"Your targets"} and (out / "target_mine.png").is_file()
     assert "extrapolated" in (out / "target_mine.html").read_text()
     assert jobs.recommendation_files(str(res)) == [str(where / "ranking.csv"), str(where / "ranking.png")]
+
+
+def test_predicted_top1_interval_is_cut_at_0_and_100(tiny_setup):
+    from atlib.recommend import Fit, rank
+
+    wide = Prediction(90.0, 60.0, 120.0, 1.0, 3, 6, 1.0, 3.0)
+    low = Prediction(5.0, -10.0, 20.0, 1.0, 3, 6, 1.0, 3.0)
+    fitted = {0.0: Fit(Prediction(0, 0, 0, 1.0, 3, 6, 1.0, 3.0), low, True, "test"), 0.5: Fit(wide, wide, True, "test")}
+    df, _ = rank(tiny_setup, _dist(), fitted, 2.0)
+    by_eps = df.set_index("eps")
+    assert by_eps.loc[0.5, "predicted_hi"] == 100.0 and by_eps.loc[0.5, "predicted_lo"] == 60.0
+    assert by_eps.loc[0.0, "predicted_lo"] == 0.0 and by_eps.loc[0.0, "predicted_hi"] == 20.0
+    assert by_eps.loc[0.5, "gap_hi"] == 120.0  # the gap is a difference, not a percentage: not cut
