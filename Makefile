@@ -14,7 +14,7 @@ RESULTS ?= results
 venv: $(STAMP)
 
 # torch: the CPU wheel, pinned. torchvision 0.28.0 is a CUDA build on PyPI: --no-deps keeps its
-# CUDA torch out (atlib.compat makes it import on CPU torch). torchattacks pins an old requests;
+# CUDA torch out (atlib.core.compat makes it import on CPU torch). torchattacks pins an old requests;
 # nngeometry (the diagonal Fisher's peer in tests and benchmarks) would pull another torch.
 # robustbench pins timm==1.0.9 and gdown==5.1.0: --no-deps, then its real dependencies with a current
 # timm (setuptools<81 keeps the pkg_resources its loaders import). MadryLab's robustness (and its cox)
@@ -30,17 +30,17 @@ $(STAMP): pyproject.toml envs/constraints.txt
 # Fashion-MNIST for the offline demo: torchvision's download where the internet is reachable,
 # else Debian's package where we are root with apt, else atlib's message says how to provide it.
 data-demo: $(STAMP)
-	$(BIN)/python -m atlib.fetch_demo_data
+	$(BIN)/python -m atlib.data.fetch
 
 demo: $(STAMP) data-demo
-	$(BIN)/python -m atlib.demo --config $(CONFIG) --results $(RESULTS)
+	$(BIN)/python -m atlib.workflow.demo --config $(CONFIG) --results $(RESULTS)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
 
 # Every result whose recorded inputs (provenance.json) no longer match the files on disk.
 verify: $(STAMP)
-	$(BIN)/python -m atlib.verify $(RESULTS)
+	$(BIN)/python -m atlib.workflow.verify $(RESULTS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
@@ -65,7 +65,7 @@ $(error usage: make recommend TARGET=DIR [CONFIRM=1] [CONFIG=...] [RESULTS=...])
 endif
 endif
 recommend: $(STAMP)
-	$(BIN)/python -m atlib.recommend --target $(TARGET) --config $(CONFIG) --results $(RESULTS) $(if $(CONFIRM),--confirm)
+	$(BIN)/python -m atlib.workflow.recommend --target $(TARGET) --config $(CONFIG) --results $(RESULTS) $(if $(CONFIRM),--confirm)
 
 profile-link:
 	mkdir -p $(HOME)/.config/snakemake

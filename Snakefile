@@ -16,10 +16,10 @@ if "experiments" not in config:
 # Jobs import atlib from this checkout, whatever the environment (venv, conda, SLURM node).
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
-# One validation (Snakemake's validate, defaults filled from the schema, atlib.config.validate_config)
+# One validation (Snakemake's validate, defaults filled from the schema, atlib.spec.config.validate_config)
 # and the checks a schema cannot express: one message naming the key.
 sys.path.insert(0, workflow.basedir)
-from atlib.config import ConfigError, check_config, missing_source_files
+from atlib.spec.config import ConfigError, check_config, missing_source_files
 
 try:
     # Image folders (datasets with base folder) are decoded once, here, not again in every job.
@@ -34,8 +34,8 @@ if missing:
 verify_data = "1" if config["verify_data"] else "0"
 os.environ["ATLIB_VERIFY_DATA"] = verify_data
 # CPU kernel caps (config numerics.isa): torch reads them when it loads, so here, before any job starts;
-# a value already in the environment wins (atlib.numerics).
-from atlib.numerics import apply_env
+# a value already in the environment wins (atlib.core.numerics).
+from atlib.core.numerics import apply_env
 
 numerics_vars = apply_env(config["numerics"])
 

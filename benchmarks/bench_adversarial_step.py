@@ -25,12 +25,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from atlib.models import build_model  # noqa: E402
-from atlib.optim import make_optimizer  # noqa: E402
-from atlib.runtime import autocast  # noqa: E402
-from atlib.config import schedule_defaults  # noqa: E402
-from atlib.train import Objective, train_step  # noqa: E402
 from record import write_record  # noqa: E402  (benchmarks/ is on sys.path when run)
+
+from atlib.core.runtime import autocast  # noqa: E402
+from atlib.models.resnet import build_model  # noqa: E402
+from atlib.spec.config import schedule_defaults  # noqa: E402
+from atlib.train.optim import make_optimizer  # noqa: E402
+from atlib.train.source import Objective, train_step  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -91,7 +92,7 @@ class _ForTorchattacks(torch.nn.Module):
 
 def torchattacks_loop(x: torch.Tensor, y: torch.Tensor, sched: dict, eps: float):
     """torchattacks' PGDL2 and a plain step, in the same bf16 autocast, the network in channels_last."""
-    from atlib.compat import import_torchvision
+    from atlib.core.compat import import_torchvision
 
     import_torchvision()
     import torchattacks

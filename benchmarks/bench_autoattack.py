@@ -29,12 +29,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from atlib.attacks import evaluate  # noqa: E402
-from atlib.config import schedule_defaults  # noqa: E402
-from atlib.models import build_model  # noqa: E402
-from atlib.robust_eval import autoattack_accuracy  # noqa: E402
 from bench_adversarial_step import timed_round_robin  # noqa: E402  (benchmarks/ is on sys.path when run)
 from record import write_record  # noqa: E402
+
+from atlib.models.resnet import build_model  # noqa: E402
+from atlib.spec.config import schedule_defaults  # noqa: E402
+from atlib.train.attacks import evaluate  # noqa: E402
+from atlib.train.robust_eval import autoattack_accuracy  # noqa: E402
 
 CPU = torch.device("cpu")
 ATTACKS = ["apgd-ce", "apgd-t"]

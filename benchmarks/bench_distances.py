@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
-from atlib.distance import emd_distance, extract_features, logme, otdd_distance, otdd_exact
-from atlib.fisher import diagonal_fisher
-from atlib.models import build_model
-from atlib.task2vec import distance as task2vec_distance
-from atlib.task2vec import embedding, fit_head
 from bench_fisher import timed  # benchmarks/ is on sys.path when run as a script
 from record import write_record
+from torch import nn
+
+from atlib.distance.measures import emd_distance, extract_features, logme, otdd_distance, otdd_exact
+from atlib.info.fisher import diagonal_fisher
+from atlib.info.task2vec import distance as task2vec_distance
+from atlib.info.task2vec import embedding, fit_head
+from atlib.models.resnet import build_model
 
 OUT = Path(__file__).resolve().parent / "results" / "distances.json"
 PROBES = {  # name: (arch, width, channels, size, classes, images with features, Task2Vec images)

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from atlib.fisher import diagonal_fisher, diagonal_fisher_loop
-from atlib.models import build_model
 from record import write_record  # benchmarks/ is on sys.path when run as a script
+
+from atlib.info.fisher import diagonal_fisher, diagonal_fisher_loop
+from atlib.models.resnet import build_model
 
 OUT = Path(__file__).resolve().parent / "results" / "fisher.json"
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
-from atlib.invert import METHODS, invert, load_photos, speedup_vs_plain
 from record import write_record  # benchmarks/ is on sys.path when run as a script
+
+from atlib.info.invert import METHODS, invert, load_photos, speedup_vs_plain
 
 OUT = Path(__file__).resolve().parent / "results" / "inversion.json"
 PAPER_RATIO = 40.0
@@ -63,13 +63,14 @@ def train_digits(tmp: Path, seconds_budget: float = 30.0) -> tuple[Path, Path]:
     """A standard resnet8 (width 0.25) on sklearn digits: a stand-in when no model is given."""
     import torch.nn.functional as F
 
-    from atlib.checkpoint import save_model
     from atlib.data import AcquireContext, Prepared, prepare
-    from atlib.models import build_model
+    from atlib.data.tensors import split_tensors
+    from atlib.models.checkpoint import save_model
+    from atlib.models.resnet import build_model
 
     data = tmp / "digits"
     prepare("digits", data, AcquireContext(tmp / "raw"))
-    x, y = Prepared(data).tensors("train")
+    x, y = split_tensors(Prepared(data), "train")
     torch.manual_seed(0)
     model = build_model("resnet8", 10, 1, width=0.25)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -91,9 +92,10 @@ def train_digits(tmp: Path, seconds_budget: float = 30.0) -> tuple[Path, Path]:
 
 
 def from_models(models: list[Path], data: Path, args) -> list[dict]:
-    from atlib.checkpoint import load_model
     from atlib.data import sample_images
-    from atlib.fisher import beta_from_budget, diagonal_fisher, posterior, prior_variances
+    from atlib.info.fisher import diagonal_fisher
+    from atlib.info.posterior import beta_from_budget, posterior, prior_variances
+    from atlib.models.checkpoint import load_model
 
     runs = []
     for path in models:
@@ -102,7 +104,7 @@ def from_models(models: list[Path], data: Path, args) -> list[dict]:
         gen = torch.Generator().manual_seed(0)
         xf, _ = sample_images(data, "train", 128, size, ch, gen)
         fisher = diagonal_fisher(model, xf, kind="true", chunk=64, generator=gen)
-        # Sigma* as the fisher rule sets it (atlib.fisher.POSTERIOR_RULE): prior lambda_l^2 = layer
+        # Sigma* as the fisher rule sets it (atlib.info.posterior.POSTERIOR_RULE): prior lambda_l^2 = layer
         # mean w^2, beta = 4 B / k for the loss budget B.
         weights = {k: v.detach() for k, v in model.named_parameters()}
         beta = beta_from_budget(args.loss_budget, sum(w.numel() for w in weights.values()))

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from atlib.numerics import ENV_VARS, describe  # noqa: E402
+from atlib.core.numerics import ENV_VARS, describe  # noqa: E402
 
 PIN_AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
 # name -> (environment on top of a clean one, bf16 autocast, torch.use_deterministic_algorithms)
@@ -76,11 +76,11 @@ def train(data: Path, steps: int, bf16: bool, deterministic: bool) -> dict:
     """The workload, in this process: final weights' sha256, last batch's mean loss, loop CPU seconds."""
     import torch
 
-    from atlib.config import schedule_defaults
-    from atlib.models import build_model
-    from atlib.optim import make_optimizer
-    from atlib.runtime import seed_everything, set_threads, to_memory_format
-    from atlib.train import Objective, train_step
+    from atlib.core.runtime import seed_everything, set_threads, to_memory_format
+    from atlib.models.resnet import build_model
+    from atlib.spec.config import schedule_defaults
+    from atlib.train.optim import make_optimizer
+    from atlib.train.source import Objective, train_step
 
     set_threads(1)  # the demo's `threads: 1`
     torch.use_deterministic_algorithms(deterministic)

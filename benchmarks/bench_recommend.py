@@ -1,4 +1,4 @@
-"""`python -m atlib.recommend` (distances only, no fine-tuning): 6 candidates on a 2,000-image folder.
+"""`python -m atlib.workflow.recommend` (distances only, no fine-tuning): 6 candidates on a 2,000-image folder.
 
 Writes benchmarks/results/recommend.json. A finished run is faked in a temporary directory: the demo's
 architecture (ResNet-8, width 0.25, 28x28 gray) at six eps, seeded random weights (timing only), the
@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-
-from atlib.checkpoint import save_model
-from atlib.data import AcquireContext, Prepared, adapt, prepare
-from atlib.distance import extract_features
-from atlib.models import build_model
 from record import write_record  # benchmarks/ is on sys.path when run as a script
+
+from atlib.data import AcquireContext, Prepared, adapt, prepare
+from atlib.data.tensors import split_tensors
+from atlib.distance.measures import extract_features
+from atlib.models.checkpoint import save_model
+from atlib.models.resnet import build_model
 
 OUT = Path(__file__).resolve().parent / "results" / "recommend.json"
 EPS = [0, 0.25, 0.5, 1, 2, 3]
@@ -79,10 +80,10 @@ def fake_run(root: Path) -> Path:
 
 def floor_s(res: Path, folder_data: Path, threads: int) -> float:
     """Every candidate's forward passes on the source's 1,500 and the folder's images, in memory."""
-    from atlib.checkpoint import load_model
+    from atlib.models.checkpoint import load_model
 
-    src = Prepared(res / "data" / "mnist5k").tensors("train", limit=1500)[0]
-    tgt = adapt(Prepared(folder_data).tensors("train")[0], 28, 1)
+    src = split_tensors(Prepared(res / "data" / "mnist5k"), "train", limit=1500)[0]
+    tgt = adapt(split_tensors(Prepared(folder_data), "train")[0], 28, 1)
     models = [load_model(res / "models" / f"mnist5k/resnet8/eps{e}/s0" / "model.pt")[0] for e in EPS]
     extract_features(models[0], src[:256])  # warm-up
     start = time.perf_counter()
@@ -99,7 +100,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from atlib.recommend import recommend, setup
+    from atlib.workflow.recommend import recommend, setup
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -1,6 +1,6 @@
 """Mode-0 transfer of a CIFAR ResNet-18: epoch time with the cached trunk outputs vs full forward passes.
 
-Writes benchmarks/results/transfer_mode0_cache.json. Both runs go through `atlib.transfer.transfer`
+Writes benchmarks/results/transfer_mode0_cache.json. Both runs go through `atlib.transfer.finetune.transfer`
 with the same source model, target and seed, differing only in finetune `cache_features`
 ("never" vs "always"). An epoch's time is the history's `time_s`: the training pass plus the
 per-epoch test top-1. The one-off cache build is reported separately (train_time_s minus the
@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
-from atlib.adapter import tail_split
-from atlib.checkpoint import save_model
-from atlib.data import Arrays, Prepared, write_prepared
-from atlib.models import build_model
-from atlib.runtime import pick_device
-from atlib.transfer import Split, cache_nbytes, transfer
 from record import write_record  # benchmarks/ is on sys.path when run as a script
+
+from atlib.core.runtime import pick_device
+from atlib.data import Arrays, Prepared, write_prepared
+from atlib.models.adapter import tail_split
+from atlib.models.checkpoint import save_model
+from atlib.models.resnet import build_model
+from atlib.transfer.finetune import Split, cache_nbytes, transfer
 
 OUT = Path(__file__).resolve().parent / "results" / "transfer_mode0_cache.json"
 KEY = "cifar10/resnet18/eps0/s0"

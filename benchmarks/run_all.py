@@ -18,12 +18,12 @@ BENCHES = {
     "transfer_cache": [sys.executable, str(HERE / "bench_transfer_cache.py")],
     "fisher": [sys.executable, str(HERE / "bench_fisher.py")],
     "distances": [sys.executable, str(HERE / "bench_distances.py")],
-    # atlib.recommend's ranking (distances only): 6 candidates on a 2,000-image folder.
+    # atlib.workflow.recommend's ranking (distances only): 6 candidates on a 2,000-image folder.
     "recommend": [sys.executable, str(HERE / "bench_recommend.py")],
     # Which CPU numerics settings change a small training run's bits, and at what cost.
     "numerics": [sys.executable, str(HERE / "bench_numerics.py")],
     # The whole offline demo, timed from scratch in a fresh results directory.
-    "demo": [sys.executable, "-m", "atlib.demo", "--results", "results/bench_demo",
+    "demo": [sys.executable, "-m", "atlib.workflow.demo", "--results", "results/bench_demo",
              "--measure", str(HERE / "results" / "demo.json")],
     "inversion": [sys.executable, str(HERE / "bench_inversion.py"), "--results", "results/bench_demo"],
 }

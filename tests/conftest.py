@@ -40,8 +40,8 @@ def tiny_prepared(tmp_path: Path) -> Path:
 def save_tiny_model(path: Path, num_classes: int = 3, in_channels: int = 1, arch: str = "resnet8",
                     **meta) -> torch.nn.Module:
     """A seeded resnet8 (width 0.125, 8x8 inputs) saved as an atlib checkpoint; extra meta merged in."""
-    from atlib.checkpoint import save_model
-    from atlib.models import build_model
+    from atlib.models.checkpoint import save_model
+    from atlib.models.resnet import build_model
 
     torch.manual_seed(0)
     model = build_model(arch, num_classes, in_channels, width=0.125)

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from atlib.attacks import L2Step, LinfStep, evaluate, gaussian_noise, pgd, trades_loss
-from atlib.models import build_model
-from atlib.runtime import autocast
+from atlib.core.runtime import autocast
+from atlib.models.resnet import build_model
+from atlib.train.attacks import L2Step, LinfStep, evaluate, gaussian_noise, pgd, trades_loss
 
 
 def _norms(d: torch.Tensor) -> torch.Tensor:
@@ -93,7 +93,7 @@ def test_our_pgd_is_at_least_as_strong_as_torchattacks(trained):
     radius is U(0, 1) * eps, concentrated near the center): with few steps the random part
     of a start near the sphere survives the projections. See `pgd(clean_first=...)`.
     """
-    from atlib.compat import import_torchvision
+    from atlib.core.compat import import_torchvision
 
     import_torchvision()  # torchattacks imports torchvision
     import torchattacks

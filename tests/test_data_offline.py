@@ -13,8 +13,9 @@ import torch
 
 from atlib.data import AcquireContext, DatasetMissing, Prepared, adapt, prepare
 from atlib.data.derived import apply_transform
-from atlib.data.offline import SYSTEM_FASHION, IDX_FILES, read_idx
+from atlib.data.offline import IDX_FILES, SYSTEM_FASHION, read_idx
 from atlib.data.store import sha256
+from atlib.data.tensors import split_tensors
 
 
 def write_idx(path: Path, arr: np.ndarray) -> None:
@@ -74,7 +75,7 @@ def test_offline_datasets(tmp_path, name, train, test, size, k):
     assert meta["image_size"] == size and meta["channels"] == 1 and meta["num_classes"] == k
     assert all(c > 0 for c in meta["class_counts"]["test"])
     assert meta["sha256"]["images.npy"] == sha256(tmp_path / name / "images.npy")
-    x, y = Prepared(tmp_path / name).tensors("test", image_size=32, channels=3)
+    x, y = split_tensors(Prepared(tmp_path / name), "test", image_size=32, channels=3)
     assert x.shape == (test, 3, 32, 32) and 0 <= x.min() and x.max() <= 1 and y.max() == k - 1
 
 
@@ -225,7 +226,7 @@ def test_blur_smooths_more_with_larger_sigma():
 
 
 def test_ladder_level_prepares_from_digits(tmp_path):
-    from atlib.config import check_config, ladder_levels
+    from atlib.spec.config import check_config, ladder_levels
 
     cfg = check_config({"ladders": {"drot": {"base": "digits", "transform": "rotate", "strengths": [10, 45, 90],
                                              "classes": [3, 1], "max_train": 40, "max_test": 20}},

@@ -16,6 +16,7 @@ from scipy.io import loadmat
 import atlib
 from atlib.data import REGISTRY, AcquireContext, DatasetMissing, Prepared, get_spec, prepare
 from atlib.data.registry import check_paper_sizes
+from atlib.data.tensors import split_dataset, split_tensors
 
 # The brief's table: classes, stored image size, channels, Table 4 (train, test).
 TABLE = {
@@ -50,10 +51,10 @@ def test_reads_real_format(tmp_path, name):
         expected = [counts.get(c, 0) for c in range(spec.num_classes)]
         assert meta["splits"][split] == sum(counts.values())
         assert meta["class_counts"][split] == expected
-        x, y = p.tensors(split, 32, 3)
+        x, y = split_tensors(p, split, 32, 3)
         assert x.shape == (sum(counts.values()), 3, 32, 32) and 0 <= x.min() and x.max() <= 1
         assert np.bincount(y.numpy(), minlength=spec.num_classes).tolist() == expected
-    image, label = p.dataset("train", 32, 3)[0]
+    image, label = split_dataset(p, "train", 32, 3)[0]
     assert image.shape == (3, 32, 32) and 0 <= label < spec.num_classes
 
 

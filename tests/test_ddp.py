@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from atlib.checkpoint import safe_load
-from atlib.distributed import DistEnv, shard_span
-from atlib.train import train_source
+from atlib.models.checkpoint import safe_load
+from atlib.train.distributed import DistEnv, shard_span
+from atlib.train.source import train_source
 
 # fp32, no channels_last: the comparison is about the algorithm, not bf16 rounding. The
 # attack has no random start (ranks draw independent noise); augmentation is on, drawn for

@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from atlib.distance import (FeatureSet, dataset_features, domain_similarity, emd_distance, extract_features,
-                            logme, otdd_distance, otdd_exact, task_distance)
+from atlib.distance.measures import (
+    FeatureSet,
+    dataset_features,
+    domain_similarity,
+    emd_distance,
+    extract_features,
+    logme,
+    otdd_distance,
+    otdd_exact,
+    task_distance,
+)
 
 
 def _blobs(n: int, k: int, d: int, shift: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +126,7 @@ def test_errors_name_dataset_and_probe():
 
 
 def test_extract_features_eval_no_grad():
-    from atlib.models import build_model
+    from atlib.models.resnet import build_model
 
     model = build_model("resnet8", 3, 1, width=0.125).train()
     x = torch.rand(5, 1, 8, 8)
@@ -131,7 +140,7 @@ def test_extract_features_eval_no_grad():
 
 def test_feature_cache_and_task_distance(tiny_prepared, tmp_path):
     from atlib.data import Prepared
-    from atlib.models import build_model
+    from atlib.models.resnet import build_model
 
     model = build_model("resnet8", 3, 1, width=0.125)
     meta = {"image_size": 8, "in_channels": 1}

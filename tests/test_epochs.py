@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from atlib import resume
-from atlib.epochs import EpochRunner, Sums
+from atlib.train import resume
+from atlib.train.epochs import EpochRunner, Sums
 
 COLUMNS = ("epoch", "lr", "train_loss", "time_s")
 

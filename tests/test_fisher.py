@@ -7,15 +7,29 @@ import math
 
 import pytest
 import torch
-
 from conftest import save_tiny_model
 from torch import nn
 
-from atlib.config import section_defaults
-from atlib.fisher import (beta_from_budget, diagonal_fisher, diagonal_fisher_loop, fisher_report,
-                          hutchinson_trace, information_in_weights, input_fisher_summary, load_fisher, log_variance,
-                          posterior, prior_variances, sample_labels, top_eigenvalue, weight_posterior)
-from atlib.models import build_model
+from atlib.info.fisher import (
+    diagonal_fisher,
+    diagonal_fisher_loop,
+    fisher_report,
+    hutchinson_trace,
+    input_fisher_summary,
+    load_fisher,
+    sample_labels,
+    top_eigenvalue,
+)
+from atlib.info.posterior import (
+    beta_from_budget,
+    information_in_weights,
+    log_variance,
+    posterior,
+    prior_variances,
+    weight_posterior,
+)
+from atlib.models.resnet import build_model
+from atlib.spec.config import section_defaults
 
 
 class TinyNet(nn.Module):
@@ -303,7 +317,7 @@ def test_fisher_report_end_to_end(tiny_prepared, tmp_path):
 
 
 def test_load_fisher_refuses_old_format(tmp_path):
-    from atlib.checkpoint import CheckpointError, atomic_save
+    from atlib.models.checkpoint import CheckpointError, atomic_save
 
     atomic_save({"fisher": {"a": torch.ones(2)}, "lambda": 1.0}, tmp_path / "old.pt")
     with pytest.raises(CheckpointError, match="rerun the fisher rule"):

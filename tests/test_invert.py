@@ -7,13 +7,20 @@ import json
 import pandas as pd
 import pytest
 import torch
-
 from conftest import save_tiny_model
 
-from atlib.config import section_defaults
-from atlib.invert import (PSNR_CAP, image_quality, invert, invert_report, load_photos, load_recon,
-                          speedup_vs_plain, steps_to_reach)
-from atlib.models import build_model
+from atlib.info.invert import (
+    PSNR_CAP,
+    image_quality,
+    invert,
+    invert_report,
+    load_photos,
+    load_recon,
+    speedup_vs_plain,
+    steps_to_reach,
+)
+from atlib.models.resnet import build_model
+from atlib.spec.config import section_defaults
 
 
 @pytest.fixture
@@ -94,7 +101,7 @@ def test_speedup_and_steps_to_reach():
 
 
 def test_invert_report(tiny_prepared, tmp_path):
-    from atlib.checkpoint import atomic_save
+    from atlib.models.checkpoint import atomic_save
 
     model = save_tiny_model(tmp_path / "model.pt", eps=1.0)
     fisher = {k: torch.rand_like(v) for k, v in model.named_parameters()}

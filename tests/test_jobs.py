@@ -1,4 +1,4 @@
-"""The job model (atlib.jobs) is the workflow's DAG: a dry run of the demo and of the paper's grid
+"""The job model (atlib.spec.jobs) is the workflow's DAG: a dry run of the demo and of the paper's grid
 makes exactly the files of the model's jobs, and the report reads exactly the files `aggregate`
 declares, all of them made by the DAG."""
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from atlib import jobs
-from atlib.config import check_config
-from atlib.report.load import load_results
 from test_workflow import planned_outputs, snakemake
+
+from atlib.report.load import load_results
+from atlib.spec import jobs
+from atlib.spec.config import check_config
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_PER_MODEL = {"prepare_dataset", "aggregate", "track_results", "track", "all"}

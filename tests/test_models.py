@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from atlib.compat import import_torchvision
-from atlib.models import ARCHS, build_model
+from atlib.core.compat import import_torchvision
+from atlib.models.resnet import ARCHS, build_model
 
 
 @pytest.mark.parametrize("arch,size,planes", [("resnet8", 28, 256), ("resnet18", 32, 512), ("resnet50", 32, 2048)])
@@ -58,7 +58,7 @@ def test_unknown_arch():
 
 
 def test_job_memory_table_covers_every_arch_and_grows_with_the_network():
-    from atlib.models import JOB_MEM_MB, OTHER_MEM_MB, job_mem_mb
+    from atlib.models.resnet import JOB_MEM_MB, OTHER_MEM_MB, job_mem_mb
 
     assert set(JOB_MEM_MB) == set(ARCHS)
     for job in OTHER_MEM_MB:

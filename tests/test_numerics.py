@@ -1,4 +1,4 @@
-"""Numerics of a run (atlib.numerics): the config's ISA cap becomes environment variables that a user's
+"""Numerics of a run (atlib.core.numerics): the config's ISA cap becomes environment variables that a user's
 own values override, every provenance record describes the machine, and recording stays torch-free
 in a process that has not imported torch."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atlib import numerics
-from atlib.config import ConfigError, check_config
+from atlib.core import numerics
+from atlib.spec.config import ConfigError, check_config
 
 ROOT = Path(__file__).resolve().parent.parent
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
@@ -88,7 +88,7 @@ def test_recording_in_a_torch_free_process_does_not_import_torch(tmp_path):
     code = f"""
 import json, sys
 from pathlib import Path
-from atlib import provenance
+from atlib.spec import provenance
 out = Path({str(tmp_path)!r}) / "out.txt"
 out.write_text("x")
 path = provenance.record([], [out], {{"results": {str(tmp_path)!r}, "numerics": {{"isa": "avx2"}}}})

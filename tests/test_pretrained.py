@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from atlib.checkpoint import CheckpointError, load_model
 from atlib.data.store import sha256
-from atlib.models import build_model
-from atlib.pretrained import import_source, load_pretrained
-from atlib.train import HISTORY_COLUMNS
+from atlib.models.checkpoint import CheckpointError, load_model
+from atlib.models.resnet import build_model
+from atlib.train.imported import import_source, load_pretrained
+from atlib.train.source import HISTORY_COLUMNS
 
 MEAN, STD = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
 

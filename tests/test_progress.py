@@ -1,5 +1,5 @@
-"""The demo's quiet terminal: Snakemake's output condensed to one line per job (atlib.progress), and
-every job's own output in its log file (atlib.logs)."""
+"""The demo's quiet terminal: Snakemake's output condensed to one line per job (atlib.workflow.progress), and
+every job's own output in its log file (atlib.workflow.logs)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from atlib.demo import run_measured
-from atlib.progress import LOG_LINES, Digest
+from atlib.workflow.demo import run_measured
+from atlib.workflow.progress import LOG_LINES, Digest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Two jobs that print (to the terminal, as a job that does not use atlib.logs would) and a third that
+# Two jobs that print (to the terminal, as a job that does not use atlib.workflow.logs would) and a third that
 # fails after writing 30 lines and a tqdm-style redrawn line to its log.
 SNAKEFILE = r'''
 rule all:
@@ -102,7 +102,7 @@ def test_job_output_goes_to_the_log_file_and_the_terminal_is_restored(tmp_path):
     code = f"""
 import os, sys
 from tqdm import tqdm
-from atlib.logs import job_logging
+from atlib.workflow.logs import job_logging
 try:
     with job_logging({str(log)!r}) as log:
         print("printed")

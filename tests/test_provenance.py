@@ -1,4 +1,4 @@
-"""Integrity and provenance: prepared data checked on read, provenance records, `atlib.verify`,
+"""Integrity and provenance: prepared data checked on read, provenance records, `atlib.workflow.verify`,
 the MLflow tags, and the demo's stale-lock handling."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import torch
 import yaml
 from conftest import save_tiny_model
 
-from atlib import demo, provenance, verify
-from atlib.config import check_config, config_hash
 from atlib.data import DataIntegrityError, Index, Prepared, write_prepared
-from atlib.transfer import TransferError, transfer
+from atlib.spec import provenance
+from atlib.spec.config import check_config, config_hash
+from atlib.transfer.finetune import TransferError, transfer
+from atlib.workflow import demo, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "src/resnet8/eps0/s0"
@@ -147,7 +148,7 @@ def test_record_holds_every_file_read_the_config_hash_and_the_code(tmp_path, tin
         res / "transfer" / MODEL / "src" / "mode0" / "metrics.json")
     assert rec["config_hash"] == config_hash(config)
     assert rec["code"]["atlib"] == "0.1.0" and len(rec["code"].get("git_commit", "0" * 40)) == 40
-    # the machine and its numerics (atlib.numerics): results differ in the last bits across them
+    # the machine and its numerics (atlib.core.numerics): results differ in the last bits across them
     num = rec["numerics"]
     assert {"model", "isa"} <= set(num["cpu"]) and num["torch"]["version"] == torch.__version__
     assert num["torch"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # torch is loaded here
@@ -209,7 +210,7 @@ def test_verify_older_tree_without_provenance_says_what_it_cannot_judge(tmp_path
 def test_ingest_tags_runs_with_their_inputs(tmp_path, tiny_prepared, config):
     from mlflow import MlflowClient
 
-    from atlib.tracking import ingest
+    from atlib.workflow.tracking import ingest
 
     res = make_tree(tmp_path, tiny_prepared, config)
     summary = ingest(res, config=config)

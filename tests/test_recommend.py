@@ -1,5 +1,5 @@
 """Your own target: image folders as datasets (layouts, every bad input refused with one message),
-the clustered prediction interval, the ranking's honesty rules, and `atlib.recommend` end to end on
+the clustered prediction interval, the ranking's honesty rules, and `atlib.workflow.recommend` end to end on
 a copy of the tiny finished run (conftest's `tiny_run`)."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from atlib.config import ConfigError, check_config
 from atlib.data import Prepared, prepare
 from atlib.data.folder import FolderError, check_folder, load_folder
 from atlib.report.stats import Prediction, clustered_prediction
+from atlib.spec.config import ConfigError, check_config
 
 ROOT = Path(__file__).resolve().parent.parent
 LETTERS = "KLMNO"  # not the registry's A-J letters
@@ -196,7 +196,7 @@ def test_clustered_prediction_gives_no_number_without_three_base_sets():
 
 @pytest.fixture
 def tiny_setup(tmp_path):
-    from atlib.recommend import setup
+    from atlib.workflow.recommend import setup
 
     folder = letter_folder(tmp_path / "mine", n=4)
     s, _ = setup([str(ROOT / "tests/configs/tiny.yaml")], str(tmp_path / "results"), str(folder))
@@ -204,7 +204,7 @@ def tiny_setup(tmp_path):
 
 
 def _fit(gap: float, lo: float, hi: float, decided: bool = True):
-    from atlib.recommend import Fit
+    from atlib.workflow.recommend import Fit
 
     g = Prediction(gap, lo, hi, 1.0, 3, 6, 1.0, 3.0)
     return Fit(g, Prediction(50 + gap, 40 + gap, 60 + gap, 1.0, 3, 6, 1.0, 3.0), decided, "test")
@@ -219,7 +219,7 @@ def _dist() -> pd.DataFrame:
 
 
 def test_ranking_follows_the_fit_only_when_decided_and_inside(tiny_setup):
-    from atlib.recommend import rank
+    from atlib.workflow.recommend import rank
 
     fitted = {0.0: _fit(0, 0, 0), 0.5: _fit(4, 1, 7)}
     df, why = rank(tiny_setup, _dist(), fitted, 2.0)
@@ -240,7 +240,7 @@ def test_recommend_then_confirm_on_the_tiny_run(tiny_run, tmp_path):
     """Ranking in seconds on a finished run, honest at n = 2 base sets; --confirm then measures it."""
     import shutil
 
-    from atlib.recommend import main
+    from atlib.workflow.recommend import main
 
     run = shutil.copytree(tiny_run, tmp_path / "run", symlinks=True)  # the shared run stays as it was
     folder = letter_folder(tmp_path / "letters_kl", n=20)
@@ -274,8 +274,8 @@ def test_recommend_then_confirm_on_the_tiny_run(tiny_run, tmp_path):
 
 
 def test_report_has_your_targets_only_when_a_recommendation_exists(tmp_path):
-    from atlib import jobs
     from atlib.report import _Sections, _targets_section
+    from atlib.spec import jobs
 
     res, out = tmp_path / "results", tmp_path / "report"
     out.mkdir()
@@ -296,7 +296,7 @@ def test_report_has_your_targets_only_when_a_recommendation_exists(tmp_path):
 
 
 def test_predicted_top1_interval_is_cut_at_0_and_100(tiny_setup):
-    from atlib.recommend import Fit, rank
+    from atlib.workflow.recommend import Fit, rank
 
     wide = Prediction(90.0, 60.0, 120.0, 1.0, 3, 6, 1.0, 3.0)
     low = Prediction(5.0, -10.0, 20.0, 1.0, 3, 6, 1.0, 3.0)

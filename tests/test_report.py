@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from atlib.config import check_config
-from atlib.invert import save_recon
+from atlib.info.invert import save_recon
 from atlib.report import aggregate, check_claims, inversion_table, load_results
 from atlib.report.claims import load_claims
 from atlib.report.stats import mean_test, verdict
+from atlib.spec.config import check_config
 
 DATASETS = {"cifar10", "cifar100", "mnist", "svhn", "fashion_mnist"}
 TARGETS = ["mnist", "svhn", "cifar100", "cifar10"]  # cifar10 is the source: a reference, never a target
@@ -249,8 +249,8 @@ def test_missing_cell_is_nan_and_logged(tree, tmp_path, caplog):
 
 
 def test_summary_names_the_machines_the_result_jobs_ran_on(tree, report):
-    from atlib import provenance
     from atlib.report import _numerics_lines
+    from atlib.spec import provenance
 
     assert "## Machine and numerics" in (report[0] / "summary.md").read_text()
     root = Path(tree["results"])

@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import save_tiny_model
 
-from atlib.config import section_defaults
-from atlib.models import build_model
-from atlib.representation import class_separation, extract_features, representation_report, tsne
+from atlib.info.representation import class_separation, extract_features, representation_report, tsne
+from atlib.models.resnet import build_model
+from atlib.spec.config import section_defaults
 
 
 def test_separation_orders_separable_above_random():

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from atlib import resume
-from atlib.checkpoint import CheckpointError, safe_load
-from atlib.train import train_source
+from atlib.models.checkpoint import CheckpointError, safe_load
+from atlib.train import resume
+from atlib.train.source import train_source
 
 ROOT = Path(__file__).resolve().parent.parent
 # Adversarial, augmented, step schedule (its Counter milestones), momentum: everything resume must carry.
@@ -59,7 +59,7 @@ def _slow_run(tiny_prepared: Path, out: Path) -> subprocess.Popen:
     """train_source in a child process whose steps are slowed down (so a signal lands mid-epoch)."""
     code = textwrap.dedent(f"""
         import time
-        from atlib import train
+        from atlib.train import source as train
         forward = train.Objective.forward
         def slow(self, x, y):
             time.sleep(0.15)

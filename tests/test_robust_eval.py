@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 
-from atlib import robust_eval
-from atlib.config import schedule_defaults
-from atlib.models import build_model
-from atlib.evaluation import accuracy_interval, paired_difference_interval, wilson_interval
-from atlib.robust_eval import autoattack_accuracy, paired_table
+from atlib.core.intervals import accuracy_interval, paired_difference_interval, wilson_interval
+from atlib.models.resnet import build_model
+from atlib.spec.config import schedule_defaults
+from atlib.train import robust_eval
+from atlib.train.robust_eval import autoattack_accuracy, paired_table
 
 Z = 1.959963984540054  # the standard normal's 97.5% quantile
 
@@ -138,8 +138,8 @@ def test_resumes_from_the_chunks_already_attacked(model_and_data, tmp_path, monk
 
 
 def test_source_and_transfer_metrics_label_both_attacks(tiny_prepared, tmp_path):
-    from atlib.train import train_source
-    from atlib.transfer import transfer
+    from atlib.train.source import train_source
+    from atlib.transfer.finetune import transfer
 
     ev = {"eps": [0.5], "steps": 2, "max_images": 12, "attack": "autoattack",
           "autoattack": {"version": "custom", "max_images": 6}}

@@ -11,8 +11,15 @@ from scipy import stats
 
 from atlib.report.reference import COLUMNS, LAYOUT, compare, config_identity, reference_frame
 from atlib.report.stability import Draw, resample, seed_draws, stability
-from atlib.report.stats import (Nested, _rank_corr, clustered_mean_test, correlation, correlation_test, mean_test,
-                                two_level_permutation_p)
+from atlib.report.stats import (
+    Nested,
+    _rank_corr,
+    clustered_mean_test,
+    correlation,
+    correlation_test,
+    mean_test,
+    two_level_permutation_p,
+)
 
 SIZES = [1, 2, 3, 1, 4, 2]  # targets per base set: unbalanced, as the demo's are
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atlib.distance import extract_features
-from atlib.fisher import diagonal_fisher
-from atlib.models import build_model
-from atlib.task2vec import distance, embedding, fit_head, task_embedding
+from atlib.distance.measures import extract_features
+from atlib.info.fisher import diagonal_fisher
+from atlib.info.task2vec import distance, embedding, fit_head, task_embedding
+from atlib.models.resnet import build_model
 
 
 def _task(n: int = 120, k: int = 3, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:

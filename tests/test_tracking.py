@@ -13,9 +13,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atlib.config import check_config, config_hash
-from atlib.tracking import (PARENT_TAG, LiveLogger, TrackingError, default_uri, find_jobs, ingest, job_key, job_params,
-                            job_times, run_name)
+from atlib.spec.config import check_config, config_hash
+from atlib.workflow.tracking import (
+    PARENT_TAG,
+    LiveLogger,
+    TrackingError,
+    default_uri,
+    find_jobs,
+    ingest,
+    job_key,
+    job_params,
+    job_times,
+    run_name,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "src/resnet8/eps{eps}/s0"
@@ -51,7 +61,7 @@ def results(tmp_path: Path) -> Path:
     _write(t / "metrics.json", json.dumps({
         "top1": 61.0, "pgd_acc": {"0.5": 30.0}, "mode": 0, "target": "near", "source_model": MODEL.format(eps="0.5"),
         "eps": 0.5, "seed": 0, "epochs": 2, "cached": False, "train_time_s": 2.0,
-        # the samples and intervals beside the accuracies (atlib.evaluation.accuracy_interval)
+        # the samples and intervals beside the accuracies (atlib.core.intervals.accuracy_interval)
         "top1_ci": {"n": 100, "correct": 61, "lo": 51.2, "hi": 70.0},
         "pgd_acc_ci": {"0.5": {"n": 50, "correct": 15, "lo": 19.1, "hi": 43.9}}}))
     d = res / "distance" / MODEL.format(eps="0")
@@ -294,7 +304,7 @@ def test_relogged_model_keeps_its_children(results, config):
 
 
 def test_imported_source_says_so(results):
-    """A model imported from a checkpoint (atlib.pretrained.import_source: 0 epochs, 0 s) is tagged and named so."""
+    """A model imported from a checkpoint (atlib.train.imported.import_source: 0 epochs, 0 s) is tagged and named so."""
     d = results / "models" / MODEL.format(eps="3")
     _write(d / "history.csv", "epoch,test_acc,time_s\n0,60,4.0\n")
     _write(d / "metrics.json", json.dumps({"natural_acc": 60.0, "pgd_acc": {"0.5": 40.0}, "epochs": 0,
@@ -401,8 +411,8 @@ def test_live_logging_streams_training_epochs(tiny_prepared, tmp_path):
     """A training job with tracking.live logs each epoch's history row to its run while it runs."""
     import mlflow
 
-    from atlib.tracking import live_for_job
-    from atlib.train import train_source
+    from atlib.train.source import train_source
+    from atlib.workflow.tracking import live_for_job
 
     results = tmp_path / "results"
     out = results / "models" / "tiny" / "resnet8" / "eps0" / "s0"

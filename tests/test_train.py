@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from atlib import train as train_mod
-from atlib.augment import augment_batch, is_random, random_crop, random_flip
-from atlib.checkpoint import load_model
-from atlib.config import ConfigError, schedule_defaults
-from atlib.models import weight_norm
-from atlib.train import HISTORY_COLUMNS, TrainingError, train_source
+from atlib.models.checkpoint import load_model
+from atlib.models.resnet import weight_norm
+from atlib.spec.config import ConfigError, schedule_defaults
+from atlib.train import source as train_mod
+from atlib.train.augment import augment_batch, is_random, random_crop, random_flip
+from atlib.train.source import HISTORY_COLUMNS, TrainingError, train_source
 
 METRIC_KEYS = {"natural_acc", "natural_acc_ci", "pgd_acc", "pgd_acc_ci", "attack_of_record", "weight_norm", "epochs",
                "train_time_s", "eps", "source", "arch", "seed"}
@@ -69,7 +69,7 @@ class _Counting(torch.nn.Module):
 def test_gaussian_objective_one_noisy_forward():
     """Gaussian training costs one forward per batch (as standard training; PGD-2 costs three), on
     x + noise of norm ~eps, fresh at each step."""
-    from atlib.models import build_model
+    from atlib.models.resnet import build_model
 
     sched = schedule_defaults(tiny_schedule(objective="gaussian"))
     x, y = torch.rand(6, 1, 8, 8) * 0.2 + 0.4, torch.arange(6) % 3
@@ -91,8 +91,8 @@ def test_gaussian_objective_one_noisy_forward():
 
 
 def test_gaussian_training_resumes_bit_identically(tiny_prepared: Path, tmp_path: Path):
-    from atlib import resume
-    from atlib.checkpoint import safe_load
+    from atlib.models.checkpoint import safe_load
+    from atlib.train import resume
 
     sched = tiny_schedule(objective="gaussian", epochs=3)
     args = dict(arch="resnet8", width=0.0625, eps=1.0, seed=4, schedule=sched, threads=1)

@@ -12,13 +12,20 @@ import pytest
 import torch
 from torch import nn
 
-from atlib import resume
-from atlib.checkpoint import load_model, save_model
 from atlib.data import Arrays, write_prepared
-from atlib.models import build_model
-from atlib.adapter import tail_split
-from atlib.transfer import (HISTORY_COLUMNS, TransferError, freeze_for_mode, new_head, set_train_mode, transfer,
-                            use_cache)
+from atlib.models.adapter import tail_split
+from atlib.models.checkpoint import load_model, save_model
+from atlib.models.resnet import build_model
+from atlib.train import resume
+from atlib.transfer.finetune import (
+    HISTORY_COLUMNS,
+    TransferError,
+    freeze_for_mode,
+    new_head,
+    set_train_mode,
+    transfer,
+    use_cache,
+)
 
 METRIC_KEYS = {"top1", "top1_ci", "pgd_acc", "pgd_acc_ci", "attack_of_record", "mode", "target", "source_model",
                "eps", "seed", "epochs", "cached", "train_time_s"}
@@ -252,7 +259,7 @@ def test_resume_gives_identical_weights(tmp_path, setup, monkeypatch, mode, cach
 
 def test_cache_too_large_falls_back_or_fails(tmp_path, setup, monkeypatch):
     src, tgt = setup
-    monkeypatch.setattr("atlib.transfer.cache_nbytes", lambda *a, **k: 2**40)
+    monkeypatch.setattr("atlib.transfer.finetune.cache_nbytes", lambda *a, **k: 2**40)
     m = transfer(src, tgt, tmp_path / "auto", mode=0, schedule=schedule(epochs=1, cache_max_mb=100))
     assert m["cached"] is False
     with pytest.raises(TransferError, match="cache_max_mb"):
@@ -260,7 +267,7 @@ def test_cache_too_large_falls_back_or_fails(tmp_path, setup, monkeypatch):
 
 
 def test_parse_model_key_reads_both_path_tags():
-    from atlib.transfer import parse_model_key
+    from atlib.transfer.finetune import parse_model_key
 
     assert parse_model_key("r/models/src/resnet8/eps0.5/s1/model.pt") == ("src/resnet8/eps0.5/s1", "resnet8", 0.5)
     assert parse_model_key("r/models/src/resnet8/gn1/s0/model.pt") == ("src/resnet8/gn1/s0", "resnet8", 1.0)

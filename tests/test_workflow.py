@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from atlib.verify import check_tree, format_report
+from atlib.workflow.verify import check_tree, format_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -203,8 +203,8 @@ WALL_CLOCK = {"train_time_s", "time_s", "seconds"}
 # a third of the tiny DAG's jobs, killed once in training and once in transfer.
 KILLED_TARGETS = [f"results/transfer/src/resnet8/eps0.5/s0/{t}/mode{m}/metrics.json" for t in ("near", "far")
                   for m in (0, 2)]
-# atlib.demo's runner in a child process (its own process group, so the test can kill it all).
-DEMO_RUNNER = ("import sys; from pathlib import Path; from atlib.demo import run_workflow; "
+# atlib.workflow.demo's runner in a child process (its own process group, so the test can kill it all).
+DEMO_RUNNER = ("import sys; from pathlib import Path; from atlib.workflow.demo import run_workflow; "
                "sys.exit(run_workflow(sys.argv[1:2], 'results', Path(sys.argv[2]), tuple(sys.argv[3:]))[0])")
 
 
@@ -265,7 +265,7 @@ def _started(work: Path, rule: str) -> Callable[[], bool]:
 def test_killed_twice_then_rerun_equals_an_uninterrupted_run(tiny_run, tmp_path):
     """SIGKILL the whole demo runner mid-training, then mid-transfer; the third run unlocks by itself
     and ends with the same files as the uninterrupted run (tiny_run) for the jobs it ran."""
-    from atlib.demo import live_snakemake
+    from atlib.workflow.demo import live_snakemake
 
     work = tmp_path / "work"
     work.mkdir()

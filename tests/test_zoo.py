@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from atlib.adapter import Adapted, import_robustbench
-from atlib.checkpoint import CheckpointError, load_model
-from atlib.compat import import_torchvision
+from atlib.core.compat import import_torchvision
 from atlib.data import Arrays, write_prepared
 from atlib.data.store import sha256
-from atlib.models import NORMALIZATION
-from atlib.pretrained import import_source, load_source
-from atlib.transfer import transfer
+from atlib.models.adapter import Adapted, import_robustbench
+from atlib.models.checkpoint import CheckpointError, load_model
+from atlib.models.resnet import NORMALIZATION
+from atlib.train.imported import import_source, load_source
+from atlib.transfer.finetune import transfer
 
 FAST = {"evaluation": {"eps": [0.5], "steps": 1, "max_images": 4}}
 X = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -240,9 +240,9 @@ def test_imported_models_transfer_in_every_mode(tmp_path, zoo, kind):
 
 
 def test_analyses_run_on_an_imported_network(tmp_path, zoo):
-    from atlib.distance import extract_features
-    from atlib.fisher import diagonal_fisher, input_fisher_summary
-    from atlib.invert import invert
+    from atlib.distance.measures import extract_features
+    from atlib.info.fisher import diagonal_fisher, input_fisher_summary
+    from atlib.info.invert import invert
 
     _, entry = owner_robustbench(zoo, tmp_path, "Standard", "Linf")
     model, _ = load_source(entry, "wrn", "source_models.rb")

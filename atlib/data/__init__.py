@@ -1,17 +1,20 @@
-"""Datasets: registry, acquisition, the uniform prepared format, derived datasets."""
+"""Datasets: registry, acquisition, the uniform prepared format, derived datasets, image folders.
+
+May import atlib.core only.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from ..config import FOLDER
-from . import offline  # noqa: F401  (registers the offline datasets)
-from .registry import REGISTRY, AcquireContext, Arrays, DatasetMissing, DatasetSpec, Index, get_spec
-from .store import DataIntegrityError, Prepared, write_prepared
+from atlib.data import offline  # noqa: F401  (registers the offline datasets)
+from atlib.data.folder import FOLDER
+from atlib.data.registry import REGISTRY, AcquireContext, Arrays, DatasetMissing, DatasetSpec, Index, get_spec
+from atlib.data.store import DataIntegrityError, Prepared, write_prepared
 
 try:  # the paper's datasets (CIFAR, SVHN, fine-grained, ImageNet, ...)
-    from . import paper  # noqa: F401
+    from atlib.data import paper  # noqa: F401
 except ImportError as err:  # pragma: no cover - only while the module is absent
     if "paper" not in str(err):
         raise
@@ -38,14 +41,14 @@ def prepare(name: str, out: Path, ctx: AcquireContext, derived: dict[str, Any] |
             base_dir: Path | None = None) -> dict:
     """Acquire dataset `name` (registered, or derived from `base_dir`) and write it to `out`."""
     if derived is not None and derived.get("base") == FOLDER:
-        from .folder import load_folder
+        from atlib.data.folder import load_folder
 
         raw = load_folder(derived["path"], derived["image_size"], derived["channels"], derived["test_fraction"],
                           derived["seed"])
         return write_prepared(raw, Path(out), name, len(raw.classes), derived["image_size"], derived["channels"],
                               source=f"image folder {derived['path']}")
     if derived is not None:
-        from .derived import derive, derived_num_classes
+        from atlib.data.derived import derive, derived_num_classes
 
         base = Prepared(base_dir)
         raw = derive(base, derived)

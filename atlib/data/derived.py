@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .registry import Arrays
-from .store import Prepared
+from atlib.data.registry import Arrays
+from atlib.data.store import Prepared
 
 TRANSFORMS = ("none", "invert", "invert_mix", "rot90", "rotate", "blur", "texture")
-# Transforms whose strength is a mixing weight in [0, 1] (checked by atlib.config.check_config).
+# Transforms whose strength is a mixing weight in [0, 1] (checked by atlib.spec.config.check_config).
 UNIT_STRENGTH = ("invert_mix",)
 
 
@@ -51,7 +51,7 @@ def apply_transform(x: np.ndarray, kind: str, strength: float, seed: int) -> np.
         out = ndimage.gaussian_filter(x.astype(np.float32), sigma=(0, strength, strength, 0))
         return _to_uint8(out)
     if kind == "texture":
-        from .offline import TEXTURES, photo_crops
+        from atlib.data.offline import TEXTURES, photo_crops
 
         tex = photo_crops(TEXTURES, n_train=len(x), n_test=1, size=x.shape[1], seed=seed).train_x
         tex = np.random.default_rng(seed).permutation(tex)[: len(x)][..., None]

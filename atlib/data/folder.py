@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import Arrays
+from atlib.data.registry import Arrays
 
+# `datasets.<name>.base` of a dataset read from an image folder, not from a registered dataset.
+FOLDER = "folder"
 SPLIT_DIRS = ("train", "test")
 MIN_SIDE = 8  # pixels: smaller images cannot be told apart once resized to a model's input
 
@@ -149,11 +151,11 @@ def load_folder(root: str | Path, image_size: int, channels: int, test_fraction:
 
     Raises FolderError listing every unreadable, truncated or too small image before returning, so a
     failed preparation never writes anything. The one-folder layout is split with scikit-learn's
-    stratified split (atlib's `_split`, as for the bundled single-set datasets).
+    stratified split (`atlib.data.offline.stratified_split`, as for the bundled single-set datasets).
     """
     from PIL import UnidentifiedImageError
 
-    from .offline import _split
+    from atlib.data.offline import stratified_split
 
     layout = scan(root)
     decoded, problems = {}, []
@@ -171,7 +173,7 @@ def load_folder(root: str | Path, image_size: int, channels: int, test_fraction:
         (xtr, ytr), (xte, yte) = decoded["train"], decoded["test"]
         return Arrays(np.stack(xtr), ytr, np.stack(xte), yte, classes=layout.classes)
     x, y = decoded["all"]
-    raw = _split(np.stack(x), y, test_size=_test_size(y, test_fraction), seed=seed)
+    raw = stratified_split(np.stack(x), y, test_size=_test_size(y, test_fraction), seed=seed)
     raw.classes = layout.classes
     return raw
 

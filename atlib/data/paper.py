@@ -16,9 +16,17 @@ from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 
-from .offline import load_mnist_like
-from .registry import (
-    AcquireContext, Arrays, DatasetMissing, DatasetSpec, Index, Raw, check_paper_sizes, get_spec, register,
+from atlib.data.offline import load_mnist_like
+from atlib.data.registry import (
+    AcquireContext,
+    Arrays,
+    DatasetMissing,
+    DatasetSpec,
+    Index,
+    Raw,
+    check_paper_sizes,
+    get_spec,
+    register,
 )
 
 DOCS = "docs/datasets.md"
@@ -126,7 +134,7 @@ def find_root(ctx: AcquireContext, name: str, required: Required, subdirs: Seque
 
 
 def _torchvision() -> Any:
-    from ..compat import import_torchvision
+    from atlib.core.compat import import_torchvision
 
     return import_torchvision()
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .registry import Arrays
+from atlib.data.registry import Arrays
 
 if TYPE_CHECKING:  # Pillow stays out of every job that does not draw these datasets
     from PIL import Image

@@ -15,15 +15,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .registry import Arrays, Raw
-
-if TYPE_CHECKING:  # torch stays out of jobs that only prepare data (prepare_dataset)
-    import torch
-    from torch.utils.data import Dataset
+from atlib.data.registry import Arrays, Raw
 
 SPLITS = ("train", "test")
 # Set by the Snakefile from the config key `verify_data`; "0" skips the hash check on read.
@@ -195,22 +190,9 @@ class Prepared:
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images (N, H, W, C) and int64 labels of one split (array format only)."""
         if self.meta["format"] != "arrays":
-            raise ValueError(f"dataset {self.name!r} is file-backed; use .dataset(split)")
+            raise ValueError(f"dataset {self.name!r} is file-backed; use atlib.data.tensors.split_dataset")
         images = np.load(self.root / "images.npy", mmap_mode="r")
         labels = np.load(self.root / "labels.npy")
         n_train = self.split_size("train")
         sl = slice(0, n_train) if split == "train" else slice(n_train, None)
         return np.array(images[sl]), labels[sl]
-
-    def tensors(self, split: str, image_size: int | None = None, channels: int | None = None,
-                limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole split as float tensors in [0, 1], (N, C, H, W), adapted to a model's input."""
-        from .tensors import split_tensors
-
-        return split_tensors(self, split, image_size, channels, limit)
-
-    def dataset(self, split: str, image_size: int | None = None, channels: int | None = None) -> Dataset:
-        """A map-style dataset of (float CHW image in [0, 1], label)."""
-        from .tensors import split_dataset
-
-        return split_dataset(self, split, image_size, channels)

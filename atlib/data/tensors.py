@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 if TYPE_CHECKING:
-    from .store import Prepared
+    from atlib.data.store import Prepared
 
 
 def adapt(x: torch.Tensor, image_size: int | None, channels: int | None) -> torch.Tensor:

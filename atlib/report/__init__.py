@@ -1,6 +1,8 @@
 """Aggregation of every result file into the paper's tables and figures, the paper comparison,
 the claims check and `summary.md` (rule aggregate; all files flat in results/report/).
 
+May import every stage up to atlib.transfer.
+
     from atlib.report import aggregate
     files = aggregate(config, "results/report")
 """
@@ -15,17 +17,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import jobs, numerics, provenance
-from ..config import base_set
-from . import figures as F
-from .claims import check_claims, claims_markdown, effect_text, stability_text
-from .info import information_table, inversion_table
-from .ladders import ladder_figure, ladder_findings, ladder_table
-from .load import Results, expected_jobs, load_results
-from .paper import paper_comparison, write_paper_comparison
-from .robustness import robustness_display, robustness_finding, robustness_table
-from .stats import correlation_table, gap_frame, gap_summary
-from .tables import html_page, markdown_table, write_all_tables
+from atlib.core import numerics
+from atlib.report import figures as F
+from atlib.report.claims import check_claims, claims_markdown, effect_text, stability_text
+from atlib.report.info import information_table, inversion_table
+from atlib.report.ladders import ladder_figure, ladder_findings, ladder_table
+from atlib.report.load import Results, expected_jobs, load_results
+from atlib.report.paper import paper_comparison, write_paper_comparison
+from atlib.report.robustness import robustness_display, robustness_finding, robustness_table
+from atlib.report.stats import correlation_table, gap_frame, gap_summary
+from atlib.report.tables import html_page, markdown_table, write_all_tables
+from atlib.spec import jobs, provenance
+from atlib.spec.config import base_set
 
 __all__ = ["aggregate", "load_results", "expected_jobs", "Results", "check_claims", "paper_comparison",
            "correlation_table", "gap_frame", "gap_summary", "information_table", "inversion_table"]
@@ -124,7 +127,7 @@ def _results_section(sec: _Sections, res: Results, rep: dict, groups: list[tuple
 
 
 def _targets_section(sec: _Sections, root: Path) -> None:
-    """Your targets: every recommendation made for a user's image folder (atlib.recommend), where any."""
+    """Your targets: every recommendation made for a user's image folder (atlib.workflow.recommend), where any."""
     import shutil
 
     for name in jobs.recommendations(str(root)):

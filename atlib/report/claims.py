@@ -17,13 +17,30 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from ..config import base_set, near_far
-from .info import inversion_images, inversion_table
-from .load import KEY_COLS, Results
-from .stability import marker, stability
-from .stats import (DISTANCES, FAILS, HOLDS, INCONCLUSIVE, MIN_UNITS, NOT_TESTABLE, PRIMARY_DISTANCE, RULE, Nested,
-                    Test, clustered_mean_test, combine, correlation_test, gap_distance_points, gap_frame, gap_points,
-                    mean_std, mean_test)
+from atlib.report.info import inversion_images, inversion_table
+from atlib.report.load import KEY_COLS, Results
+from atlib.report.stability import marker, stability
+from atlib.report.stats import (
+    DISTANCES,
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    MIN_UNITS,
+    NOT_TESTABLE,
+    PRIMARY_DISTANCE,
+    RULE,
+    Nested,
+    Test,
+    clustered_mean_test,
+    combine,
+    correlation_test,
+    gap_distance_points,
+    gap_frame,
+    gap_points,
+    mean_std,
+    mean_test,
+)
+from atlib.spec.config import base_set, near_far
 
 CLAIMS_MD = Path(__file__).resolve().parent.parent / "reference" / "claims.md"
 ARCH_SIZE = {"resnet8": 0, "resnet18": 1, "resnet50": 2, "resnet50_imagenet": 2}

@@ -14,10 +14,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..config import base_set  # noqa: E402
-from .load import KEY_COLS, Results  # noqa: E402
-from .stats import (DISTANCES, PRIMARY_DISTANCE, Nested, correlation, gap_distance_points, gap_frame,  # noqa: E402
-                    gap_points, mean_std, standard_distance)
+from atlib.report.load import KEY_COLS, Results  # noqa: E402
+from atlib.report.stats import (  # noqa: E402
+    DISTANCES,
+    PRIMARY_DISTANCE,
+    Nested,
+    correlation,
+    gap_distance_points,
+    gap_frame,
+    gap_points,
+    mean_std,
+    standard_distance,
+)
+from atlib.spec.config import base_set  # noqa: E402
 
 log = logging.getLogger("atlib.report")
 

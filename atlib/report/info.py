@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..invert import speedup_vs_plain
-from .load import KEY_COLS, Results
+from atlib.info.invert import speedup_vs_plain
+from atlib.report.load import KEY_COLS, Results
 
 
 def information_table(res: Results) -> pd.DataFrame:

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import jobs as job_model
-from ..config import ModelKey, eps_str, probe_of
-from ..jobs import Job
-from .stats import DISTANCES
+from atlib.report.stats import DISTANCES
+from atlib.spec import jobs as job_model
+from atlib.spec.config import ModelKey, eps_str, probe_of
+from atlib.spec.jobs import Job
 
 log = logging.getLogger("atlib.report")
 
@@ -36,7 +36,7 @@ IMAGE_COLS = ["objective", "method", "image", "kind", "psnr", "ssim", "final_los
 
 @dataclass
 class Jobs:
-    """Every job the config asks for (atlib.jobs, the same grid as the workflow's rules)."""
+    """Every job the config asks for (atlib.spec.jobs, the same grid as the workflow's rules)."""
 
     models: list[Job]
     transfers: list[Job]
@@ -87,10 +87,10 @@ class Results:
     # One row per inverted image: KEY_COLS + method, image (index within the job), kind ("test" or
     # "photo"), psnr, ssim, final_loss (that image's clean loss at the last step).
     invert_images: pd.DataFrame = field(default_factory=lambda: _frame([], KEY_COLS + IMAGE_COLS))
-    # recon.npz contents by (source, arch, eps, seed, method), see atlib.invert.load_recon:
+    # recon.npz contents by (source, arch, eps, seed, method), see atlib.info.invert.load_recon:
     # float images `original`, `recon`; `photo` mask; `loss` (steps + 1, N) per-image curves.
     invert_recon: dict[tuple, dict] = field(default_factory=dict)
-    # Every file read or looked for, relative to the results root (atlib.jobs.report_inputs).
+    # Every file read or looked for, relative to the results root (atlib.spec.jobs.report_inputs).
     inputs: list[str] = field(default_factory=list)
 
     def experiment_groups(self) -> list[tuple[str, str]]:
@@ -376,7 +376,7 @@ def _invert_image_rows(s: dict, cols: dict) -> list[dict]:
 
 
 def _recon(path: Path) -> dict:
-    from ..invert import load_recon
+    from atlib.info.invert import load_recon
 
     try:
         return load_recon(path)

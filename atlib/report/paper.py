@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .load import Results
-from .stats import mean_std
-from .tables import fmt, write_table
+from atlib.report.load import Results
+from atlib.report.stats import mean_std
+from atlib.report.tables import fmt, write_table
 
 PAPER_CSV = Path(__file__).resolve().parent.parent / "reference" / "paper_results.csv"
 COLUMNS = ["table", "source", "arch", "eps", "mode", "target", "model", "paper_top1", "our_top1", "our_std",

@@ -4,7 +4,7 @@ Both numbers come from the same test images (the model's metrics: `autoattack_ac
 `autoattack.pgd_acc_same_images`), so their difference is the images PGD left standing that
 AutoAttack broke, not a difference of image sets. Every accuracy carries its 95% Wilson interval;
 PGD's overstatement per model carries the paired interval of its 2x2 table of per-image outcomes
-(Newcombe's hybrid score interval, `atlib.evaluation.paired_difference_interval`), and across models
+(Newcombe's hybrid score interval, `atlib.core.intervals.paired_difference_interval`), and across models
 the mean overstatement carries a t-interval over models.
 """
 
@@ -15,9 +15,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..evaluation import accuracy_interval, paired_difference_interval
-from .load import Results
-from .stats import mean_test
+from atlib.core.intervals import accuracy_interval, paired_difference_interval
+from atlib.report.load import Results
+from atlib.report.stats import mean_test
 
 COLS = ["source", "arch", "objective", "eps", "seed", "attack_eps", "n_images", "attacks", "pgd_acc", "pgd_lo",
         "pgd_hi", "autoattack_acc", "autoattack_lo", "autoattack_hi", "pgd_only", "autoattack_only",

@@ -21,8 +21,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .load import Results
-from .stats import MIN_UNITS
+from atlib.report.load import Results
+from atlib.report.stats import MIN_UNITS
 
 FRAGILE_BELOW = 0.95
 MAX_ENUMERATED = 100  # seed-bootstrap draws enumerated exactly up to this many multisets

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .load import Results
-from .stats import gap_frame, mean_std
+from atlib.report.load import Results
+from atlib.report.stats import gap_frame, mean_std
 
 MISSING, NOT_RUN = "—", "n/a"
 LEGEND = (f"Cells: mean ± std over seeds (no ± for one seed); {MISSING} = configured but the result file is "

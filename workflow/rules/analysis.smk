@@ -2,7 +2,7 @@
 # t-SNE of the representations (representation), inversion of representations (invert). One job
 # per (model, analysis[, method]); with `batch_jobs: true` every analysis of one model runs in one
 # job instead (one rule per model, below): the model, its data and torch load once, not up to five times.
-from atlib.models import job_mem_mb
+from atlib.models.resnet import job_mem_mb
 
 
 rule fisher:

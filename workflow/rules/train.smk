@@ -1,7 +1,7 @@
 # train_source: one source model per (source, arch, eps, seed), trained with the experiment's
 # train schedule, or imported from a published model (experiments.<name>.pretrained names a
 # source_models entry).
-from atlib.models import job_mem_mb
+from atlib.models.resnet import job_mem_mb
 
 
 rule train_source:

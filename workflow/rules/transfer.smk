@@ -3,7 +3,7 @@
 # `batch_jobs: true` all mode-0 transfers of one source model run in one job instead (one rule per
 # model, below), which saves a few seconds of start-up per target on small targets.
 # The experiment that asked for each transfer gives its finetune schedule (common.smk).
-from atlib.models import job_mem_mb
+from atlib.models.resnet import job_mem_mb
 
 
 rule transfer:

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from atlib import provenance
-from atlib.logs import job_logging
 from atlib.report import aggregate
+from atlib.spec import provenance
+from atlib.workflow.logs import job_logging
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 with job_logging(sm.log[0]):

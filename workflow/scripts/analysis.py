@@ -3,25 +3,25 @@ rule or all of one model in one job (batch_jobs); each analysis records its own 
 
 from pathlib import Path
 
-from atlib import provenance
-from atlib.checkpoint import CheckpointError
-from atlib.logs import job_logging
-from atlib.runtime import set_threads
+from atlib.core.runtime import set_threads
+from atlib.models.checkpoint import CheckpointError
+from atlib.spec import provenance
+from atlib.workflow.logs import job_logging
 
 
 def run(job: dict, device: str) -> None:
     """One analysis: the library call that writes `job["outputs"]` into `job["out_dir"]`."""
     data_dir, args = Path(job["data"]).parent, dict(eps=job["eps"], device=device)
     if job["kind"] == "fisher":
-        from atlib.fisher import fisher_report
+        from atlib.info.fisher import fisher_report
 
         fisher_report(job["model"], data_dir, dict(job["cfg"]), job["seed"], job["out_dir"], **args)
     elif job["kind"] == "representation":
-        from atlib.representation import representation_report
+        from atlib.info.representation import representation_report
 
         representation_report(job["model"], data_dir, dict(job["cfg"]), job["seed"], job["out_dir"], **args)
     else:
-        from atlib.invert import invert_report
+        from atlib.info.invert import invert_report
 
         fisher = job["fisher"][0] if job["fisher"] else None
         invert_report(job["model"], fisher, data_dir, dict(job["cfg"]), job["method"], job["seed"], job["out_dir"],

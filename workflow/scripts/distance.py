@@ -8,13 +8,13 @@ each pair also names both datasets' data, whose images give the Task2Vec Fisher 
 import logging
 from pathlib import Path
 
-from atlib import provenance
-from atlib.checkpoint import CheckpointError, load_model
+from atlib.core.runtime import pick_device, set_threads
 from atlib.data import Prepared
-from atlib.distance import FeatureSet, dataset_features, task_distance, write_json
-from atlib.logs import job_logging
-from atlib.runtime import pick_device, set_threads
-from atlib.task2vec import task_embedding
+from atlib.distance.measures import FeatureSet, dataset_features, task_distance, write_json
+from atlib.info.task2vec import task_embedding
+from atlib.models.checkpoint import CheckpointError, load_model
+from atlib.spec import provenance
+from atlib.workflow.logs import job_logging
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 p = sm.params

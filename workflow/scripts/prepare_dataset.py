@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 from atlib.data import AcquireContext, DatasetMissing, prepare
-from atlib.logs import job_logging
+from atlib.workflow.logs import job_logging
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 with job_logging(sm.log[0]):

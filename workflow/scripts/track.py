@@ -5,8 +5,8 @@ import json
 import logging
 from pathlib import Path
 
-from atlib.logs import job_logging
-from atlib.tracking import TrackingError, git_commit, ingest
+from atlib.workflow.logs import job_logging
+from atlib.workflow.tracking import TrackingError, git_commit, ingest
 
 COUNTS = ("jobs", "created", "updated", "skipped", "relinked", "seconds")
 

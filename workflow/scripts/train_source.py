@@ -2,15 +2,15 @@
 
 from pathlib import Path
 
-from atlib import provenance
-from atlib.checkpoint import CheckpointError
-from atlib.config import ConfigError
 from atlib.data import DataIntegrityError
-from atlib.logs import job_logging
-from atlib.pretrained import import_source
-from atlib.resume import Interrupted
-from atlib.tracking import live_for_job
-from atlib.train import TrainingError, train_source
+from atlib.models.checkpoint import CheckpointError
+from atlib.spec import provenance
+from atlib.spec.config import ConfigError
+from atlib.train.imported import import_source
+from atlib.train.resume import Interrupted
+from atlib.train.source import TrainingError, train_source
+from atlib.workflow.logs import job_logging
+from atlib.workflow.tracking import live_for_job
 
 
 def main(sm) -> None:

@@ -1,12 +1,12 @@
 """Rules transfer and transfer_mode0_*: fine-tune one source model on one or more targets (Appendix C)."""
 
-from atlib import provenance
-from atlib.checkpoint import CheckpointError
-from atlib.config import ConfigError
-from atlib.logs import job_logging
-from atlib.resume import Interrupted
-from atlib.tracking import live_for_job
-from atlib.transfer import TransferError, transfer
+from atlib.models.checkpoint import CheckpointError
+from atlib.spec import provenance
+from atlib.spec.config import ConfigError
+from atlib.train.resume import Interrupted
+from atlib.transfer.finetune import TransferError, transfer
+from atlib.workflow.logs import job_logging
+from atlib.workflow.tracking import live_for_job
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 p = sm.params

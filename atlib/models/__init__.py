@@ -1,0 +1,4 @@
+"""Networks: the ResNets, checkpoints, the adapter for other libraries' networks, the zoo loaders.
+
+May import atlib.core and atlib.data.
+"""
