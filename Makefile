@@ -53,7 +53,9 @@ demo-reference: $(STAMP) data-demo
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile config/config.yaml
 
+# First the address that opens the experiment's runs table (not MLflow's GenAI overview), then the server.
 ui: $(STAMP)
+	@$(BIN)/python -m atlib.workflow.tracking.ui $(RESULTS) --config $(CONFIG)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RESULTS))/mlflow.db --host 127.0.0.1 --port 5000
 
 # Which model to fine-tune on an image folder, from a finished run (CONFIG, RESULTS): the ranking in

@@ -210,7 +210,7 @@ def test_verify_older_tree_without_provenance_says_what_it_cannot_judge(tmp_path
 def test_ingest_tags_runs_with_their_inputs(tmp_path, tiny_prepared, config):
     from mlflow import MlflowClient
 
-    from atlib.workflow.tracking import ingest
+    from atlib.workflow.tracking.ingest import ingest
 
     res = make_tree(tmp_path, tiny_prepared, config)
     summary = ingest(res, config=config)

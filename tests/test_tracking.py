@@ -1,5 +1,6 @@
 """MLflow ingest of a synthetic results tree (idempotent, updates only what changed, upgrades an older
-layout), what the UI shows (experiment kind, nesting, names, job times) and live logging."""
+layout), what the UI shows (experiment kind, nesting, names, job times, datasets, the runs table's
+address) and live logging."""
 
 from __future__ import annotations
 
@@ -12,29 +13,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures_results import DATA_SHA256, MODEL, T0, write, write_results
 
+from atlib.spec import jobs as job_model
 from atlib.spec.config import check_config, config_hash
-from atlib.workflow.tracking import (
-    PARENT_TAG,
-    LiveLogger,
-    TrackingError,
-    default_uri,
-    find_jobs,
-    ingest,
-    job_key,
-    job_params,
-    job_times,
-    run_name,
-)
+from atlib.workflow.tracking import ui
+from atlib.workflow.tracking.discovery import TRACKED, find_results, job_key
+from atlib.workflow.tracking.ingest import default_uri, ingest
+from atlib.workflow.tracking.live import LiveLogger
+from atlib.workflow.tracking.mapping import PARENT_TAG, TrackingError, job_params, job_times, run_name
+from atlib.workflow.tracking.ui import LOCAL_UI, runs_address
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = "src/resnet8/eps{eps}/s0"
-T0 = time.mktime((2026, 11, 29, 14, 28, 0, 0, 0, -1))  # local time, as job logs write it: results end here
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 @pytest.fixture
@@ -44,54 +34,7 @@ def config() -> dict:
 
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
-    """One finished job of every kind (eps 0 and 0.5 models), in the documented file formats."""
-    res = tmp_path / "results"
-    hist = "epoch,lr,train_loss,train_acc,train_adv_acc,test_acc,test_adv_acc,weight_norm,time_s\n"
-    for eps in ("0", "0.5"):
-        m = res / "models" / MODEL.format(eps=eps)
-        rows = [f"{e},0.05,{1.5 - e / 10},{40 + e},,{45 + e},,{10 + e},{e}.5" for e in range(1, 4)]
-        _write(m / "history.csv", hist + "\n".join(rows) + "\n")
-        _write(m / "metrics.json", json.dumps({
-            "natural_acc": 47.0, "pgd_acc": {"0.5": 20.0}, "weight_norm": 13.0, "epochs": 3, "train_time_s": 3.5,
-            "eps": float(eps), "source": "src", "arch": "resnet8", "seed": 0}))
-        (m / "model.pt").write_bytes(b"not an artifact")
-    t = res / "transfer" / MODEL.format(eps="0.5") / "near" / "mode0"
-    _write(t / "history.csv",
-           "epoch,lr,train_loss,train_acc,test_top1,time_s\n1,0.05,1.0,50,55,1\n2,0.01,0.8,60,61,2\n")
-    _write(t / "metrics.json", json.dumps({
-        "top1": 61.0, "pgd_acc": {"0.5": 30.0}, "mode": 0, "target": "near", "source_model": MODEL.format(eps="0.5"),
-        "eps": 0.5, "seed": 0, "epochs": 2, "cached": False, "train_time_s": 2.0,
-        # the samples and intervals beside the accuracies (atlib.core.intervals.accuracy_interval)
-        "top1_ci": {"n": 100, "correct": 61, "lo": 51.2, "hi": 70.0},
-        "pgd_acc_ci": {"0.5": {"n": 50, "correct": 15, "lo": 19.1, "hi": 43.9}}}))
-    d = res / "distance" / MODEL.format(eps="0")
-    _write(d / "near.json", json.dumps({"probe": MODEL.format(eps="0"), "source": "src", "dataset": "near",
-                                        "emd": 2.5, "similarity": 0.3, "otdd": 1.2, "n_images": 100}))
-    (d / "near.features.npz").write_bytes(b"cache, not a job")
-    f = res / "fisher" / MODEL.format(eps="0.5")
-    _write(f / "summary.json", json.dumps({
-        "eps": 0.5, "kind": "empirical", "n_images": 16, "log_variance_mean": -3.0,
-        "log_variance_per_layer": {"layer1.0.conv1": -2.0}, "kl_total": 5.0, "kl_per_layer": {"layer1.0.conv1": 1.0},
-        "fisher_trace": 0.1, "weight_norm": 13.0,
-        "input_fisher": {"lambda1": 0.2, "trace": 0.5, "trace_over_n": 0.01, "n": 4}}))
-    r = res / "representation" / MODEL.format(eps="0")
-    _write(r / "summary.json", json.dumps({"eps": 0.0, "knn_acc": 80.0, "silhouette": 0.2, "n_images": 40}))
-    _write(r / "tsne.csv", "x,y,label\n0,1,0\n")
-    i = res / "invert" / MODEL.format(eps="0.5") / "variational"
-    _write(i / "curve.csv", "step,loss\n" + "".join(f"{s},{1.0 / (s + 1)}\n" for s in range(5)))
-    _write(i / "summary.json", json.dumps({"method": "variational", "final_loss": 0.2, "steps": 5,
-                                           "steps_to_reach": {"0.5": 2, "0.1": None}}))
-    rep = res / "report"
-    _write(rep / "summary.md", "# atlib report\n")
-    _write(rep / "claims.csv", "claim,verdict\n1,holds\n")
-    _write(rep / "report.html", "<html></html>")
-    (rep / "figure.png").write_bytes(b"png")
-    _write(res / "logs" / "aggregate" / "aggregate.log", "2026-11-29 14:27:55,093 INFO report\n"
-           "2026-11-29 14:27:58,500 INFO done\n")
-    for f in res.rglob("*"):  # every job ended at T0 (logs aside): the clock of the runs below
-        if f.is_file() and "logs" not in f.parts:
-            os.utime(f, (T0, T0))
-    return res
+    return write_results(tmp_path)
 
 
 def _runs(uri: str, experiment: str = "atlib"):
@@ -103,7 +46,9 @@ def _runs(uri: str, experiment: str = "atlib"):
 
 
 def test_finds_every_kind_and_job_keys_match(results):
-    jobs = {j.key: j for j in find_jobs(results)}
+    write(results / "models" / "src/resnet8/eps0/s00/metrics.json", "{}")  # no path the workflow writes
+    assert set(TRACKED) == set(job_model.RESULT_KINDS)  # what verify checks is what the ingest logs
+    jobs = {j.key: j for j in find_results(results)}
     assert sorted(jobs) == [
         "distance/src/resnet8/eps0/s0/near", "fisher/src/resnet8/eps0.5/s0",
         "invert/src/resnet8/eps0.5/s0/variational", "models/src/resnet8/eps0.5/s0", "models/src/resnet8/eps0/s0",
@@ -124,11 +69,11 @@ def test_finds_every_kind_and_job_keys_match(results):
 def test_gaussian_model_jobs_have_tag_gn_and_their_experiment(results, config):
     """A Gaussian-noise model (tests/configs/tiny.yaml's tiny_gn) beside the PGD one: own job keys."""
     gn = results / "models" / "src/resnet8/gn1/s0"
-    _write(gn / "metrics.json", json.dumps({"natural_acc": 50.0, "pgd_acc": {"0.5": 5.0}, "weight_norm": 12.0,
+    write(gn / "metrics.json", json.dumps({"natural_acc": 50.0, "pgd_acc": {"0.5": 5.0}, "weight_norm": 12.0,
                                             "epochs": 1, "train_time_s": 1.0, "eps": 1.0, "source": "src",
                                             "arch": "resnet8", "seed": 0}))
-    _write(results / "fisher" / "src/resnet8/gn1/s0" / "summary.json", json.dumps({"eps": 1.0}))
-    jobs = {j.key: j for j in find_jobs(results)}
+    write(results / "fisher" / "src/resnet8/gn1/s0" / "summary.json", json.dumps({"eps": 1.0}))
+    jobs = {j.key: j for j in find_results(results)}
     assert {"models/src/resnet8/gn1/s0", "fisher/src/resnet8/gn1/s0", "models/src/resnet8/eps0.5/s0"} <= set(jobs)
     model = jobs["models/src/resnet8/gn1/s0"]
     assert model.wildcards == {"source": "src", "arch": "resnet8", "tag": "gn", "eps": "1", "seed": "0"}
@@ -227,8 +172,8 @@ def test_ui_layout_kind_times_nesting_and_idempotent(results, config):
 
 def test_job_times_from_log_history_or_nothing(results):
     log = results / "logs" / "train_source" / (MODEL.format(eps="0") + ".log")
-    _write(log, "2026-11-29 14:27:00,000 INFO training\nno timestamp\n2026-11-29 14:27:50,250 INFO done\n")
-    jobs = {j.key: j for j in find_jobs(results)}
+    write(log, "2026-11-29 14:27:00,000 INFO training\nno timestamp\n2026-11-29 14:27:50,250 INFO done\n")
+    jobs = {j.key: j for j in find_results(results)}
     model = jobs["models/src/resnet8/eps0/s0"]
     assert model.log == log
     assert job_times(model) == (int((T0 - 60) * 1000), int((T0 - 9.75) * 1000))
@@ -254,14 +199,14 @@ def _ingest_like_v1(results: Path, uri: str) -> None:
 
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment("atlib", artifact_location=(results / "mlartifacts").resolve().as_uri())
-    for job in find_jobs(results):
+    for job in find_results(results):
         if job.key == "report":  # not ingested then
             continue
         h = hashlib.sha256(json.dumps(job_params(job, None), sort_keys=True).encode())
         for f in job.files:
             h.update(f.name.encode())
             h.update(f.read_bytes())
-        run = client.create_run(exp_id, run_name=job.key, tags={"job_key": job.key, "rule": job.kind.rule,
+        run = client.create_run(exp_id, run_name=job.key, tags={"job_key": job.key, "rule": job.rule,
                                                                  "content_hash": h.hexdigest()[:16]})
         if job.main.exists():
             client.log_metric(run.info.run_id, "top1", 1.0)
@@ -306,8 +251,8 @@ def test_relogged_model_keeps_its_children(results, config):
 def test_imported_source_says_so(results):
     """A model imported from a checkpoint (atlib.train.imported.import_source: 0 epochs, 0 s) is tagged and named so."""
     d = results / "models" / MODEL.format(eps="3")
-    _write(d / "history.csv", "epoch,test_acc,time_s\n0,60,4.0\n")
-    _write(d / "metrics.json", json.dumps({"natural_acc": 60.0, "pgd_acc": {"0.5": 40.0}, "epochs": 0,
+    write(d / "history.csv", "epoch,test_acc,time_s\n0,60,4.0\n")
+    write(d / "metrics.json", json.dumps({"natural_acc": 60.0, "pgd_acc": {"0.5": 40.0}, "epochs": 0,
                                            "train_time_s": 0.0, "eps": 3.0, "seed": 0}))
     uri = default_uri(results)
     ingest(results, uri, "atlib", None)
@@ -323,7 +268,7 @@ def test_run_names_name_source_and_arch_only_where_they_differ(results):
     assert run_name("transfer", wc) == "gn1 s2 -> near m0"
     assert run_name("transfer", wc, qualify=True) == "src resnet8 gn1 s2 -> near m0"
     other = results / "models" / "other/resnet8/eps0/s0"
-    _write(other / "metrics.json", json.dumps({"natural_acc": 50.0}))
+    write(other / "metrics.json", json.dumps({"natural_acc": 50.0}))
     uri = default_uri(results)
     ingest(results, uri, "atlib", None)
     _, runs = _runs(uri)
@@ -412,7 +357,7 @@ def test_live_logging_streams_training_epochs(tiny_prepared, tmp_path):
     import mlflow
 
     from atlib.train.source import train_source
-    from atlib.workflow.tracking import live_for_job
+    from atlib.workflow.tracking.live import live_for_job
 
     results = tmp_path / "results"
     out = results / "models" / "tiny" / "resnet8" / "eps0" / "s0"
@@ -426,3 +371,50 @@ def test_live_logging_streams_training_epochs(tiny_prepared, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("live").experiment_id])
     assert len(runs) == 1 and runs[0].data.tags["job_key"] == "models/tiny/resnet8/eps0/s0"
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "test_acc")] == [1, 2]
+
+
+def _inputs(run) -> list[tuple[str, str, str]]:
+    """A run's dataset inputs as (name, digest, context), sorted."""
+    return sorted((d.dataset.name, d.dataset.digest, {t.key: t.value for t in d.tags}["mlflow.data.context"])
+                  for d in run.inputs.dataset_inputs)
+
+
+def _digest(files: dict[str, str]) -> str:
+    """The documented digest: sha256 of the sorted `file sha256` lines of meta.json, 36 characters."""
+    return hashlib.sha256("".join(f"{f} {h}\n" for f, h in sorted(files.items())).encode()).hexdigest()[:36]
+
+
+def test_transfer_and_distance_runs_log_their_datasets_once(results, config):
+    """The runs table's Dataset column: a transfer's source and target, a distance's source and dataset,
+    as MLflow dataset inputs; a re-ingest adds none, a re-prepared dataset relogs the runs that read it."""
+    uri = default_uri(results)
+    ingest(results, uri, "atlib", config)
+    assert ingest(results, uri, "atlib", config)["skipped"] == 8
+    client, runs = _runs(uri)
+    by_key = {r.data.tags["job_key"]: _inputs(r) for r in runs}
+    src, near = _digest(DATA_SHA256["src"]), _digest(DATA_SHA256["near"])
+    both = [("near", near, "target"), ("src", src, "source")]
+    assert by_key.pop("transfer/src/resnet8/eps0.5/s0/near/mode0") == both
+    assert by_key.pop("distance/src/resnet8/eps0/s0/near") == both
+    assert not any(by_key.values())  # models, analyses and the report read no dataset of their own
+    exp = client.get_experiment_by_name("atlib").experiment_id
+    assert len(client.search_runs([exp], "datasets.name = 'near'")) == 2
+    meta = results / "data" / "near" / "meta.json"
+    meta.write_text(json.dumps({"name": "near", "sha256": {"index.csv": "4" * 64}}))
+    summary = ingest(results, uri, "atlib", config)
+    assert (summary["updated"], summary["skipped"]) == (2, 6)
+    _, runs = _runs(uri)
+    moved = [("near", _digest({"index.csv": "4" * 64}), "target"), ("src", src, "source")]
+    assert [_inputs(r) for r in runs if r.data.tags["rule"] in ("transfer", "task_distance")] == [moved, moved]
+
+
+def test_ui_address_opens_the_experiments_runs_table(results, config, tmp_path, capsys):
+    assert runs_address(results, "atlib") == LOCAL_UI  # no store yet: the plain address, and none created
+    assert not (results / "mlflow.db").exists()
+    summary = ingest(results, default_uri(results), "atlib", config)
+    assert summary["experiment_id"] != "0"  # not MLflow's Default experiment: the address must name ours
+    runs = f"{LOCAL_UI}/#/experiments/{summary['experiment_id']}/runs"
+    assert runs_address(results, "atlib") == runs
+    assert runs_address(results, "another") == LOCAL_UI
+    ui.main([str(results), "--config", str(ROOT / "tests/configs/tiny.yaml")])
+    assert runs in capsys.readouterr().out

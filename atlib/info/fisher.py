@@ -35,7 +35,7 @@ from atlib.models.resnet import weight_norm
 
 log = logging.getLogger("atlib")
 
-KINDS = ("true", "empirical")
+FISHER_KINDS = ("true", "empirical")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,8 +89,8 @@ def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = 
     Returns:
         {parameter name: tensor of the parameter's shape}, averaged over the N samples.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind not in FISHER_KINDS:
+        raise ValueError(f"kind must be one of {FISHER_KINDS}, got {kind!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if chunk < 1:

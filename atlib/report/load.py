@@ -35,8 +35,9 @@ IMAGE_COLS = ["objective", "method", "image", "kind", "psnr", "ssim", "final_los
 
 
 @dataclass
-class Jobs:
-    """Every job the config asks for (atlib.spec.jobs, the same grid as the workflow's rules)."""
+class ExpectedJobs:
+    """The report's expected job lists: every job the config asks for (atlib.spec.jobs, the same grid as the
+    workflow's rules), by kind."""
 
     models: list[Job]
     transfers: list[Job]
@@ -55,11 +56,11 @@ class Jobs:
         return {**_key_cols(key), "objective": self.objective(key)}
 
 
-def expected_jobs(config: dict) -> Jobs:
+def expected_jobs(config: dict) -> ExpectedJobs:
     """The jobs whose results the report reads (a checked config)."""
     jm = job_model
     analyses = {"fisher": jm.fisher(config), "representation": jm.representation(config), "invert": jm.invert(config)}
-    return Jobs(jm.models(config), jm.transfers(config), jm.distances(config), analyses, config["distance"],
+    return ExpectedJobs(jm.models(config), jm.transfers(config), jm.distances(config), analyses, config["distance"],
                 jm.objectives(config))
 
 
@@ -261,7 +262,7 @@ def load_results(config: dict, results_dir: str | Path | None = None) -> Results
     )
 
 
-def _sources(rd: _Reader, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame], list[dict]]:
+def _sources(rd: _Reader, jobs: ExpectedJobs) -> tuple[list[dict], list[pd.DataFrame], list[dict]]:
     """Source-model rows and training histories; Gaussian-noise models' rows apart (no history)."""
     sources, histories, gn_sources = [], [], []
     for job in jobs.models:
@@ -276,7 +277,7 @@ def _sources(rd: _Reader, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame], l
     return sources, histories, gn_sources
 
 
-def _distance_rows(rd: _Reader, jobs: Jobs) -> list[dict]:
+def _distance_rows(rd: _Reader, jobs: ExpectedJobs) -> list[dict]:
     """One row per (probe, dataset) task distance."""
     rows = []
     for job in jobs.distances:
@@ -288,7 +289,7 @@ def _distance_rows(rd: _Reader, jobs: Jobs) -> list[dict]:
     return rows
 
 
-def _transfers(rd: _Reader, jobs: Jobs, dist_rows: list[dict]) -> tuple[list[dict], list[pd.DataFrame]]:
+def _transfers(rd: _Reader, jobs: ExpectedJobs, dist_rows: list[dict]) -> tuple[list[dict], list[pd.DataFrame]]:
     """Transfer rows (with the task distance of their probe to the target) and fine-tuning histories."""
     dist_index = {(r["probe_source"], r["probe_arch"], r["probe_eps"], r["probe_seed"], r["dataset"]): r
                   for r in dist_rows}
@@ -311,7 +312,7 @@ def _transfers(rd: _Reader, jobs: Jobs, dist_rows: list[dict]) -> tuple[list[dic
     return transfers, thist
 
 
-def _fisher(rd: _Reader, jobs: Jobs) -> tuple[list[dict], list[dict], list[dict]]:
+def _fisher(rd: _Reader, jobs: ExpectedJobs) -> tuple[list[dict], list[dict], list[dict]]:
     """Fisher rows, those of Gaussian-noise models apart, and the beta-sweep rows (not Gaussian)."""
     fisher, gn_fisher, sweep = [], [], []
     for job in jobs.analyses["fisher"]:
@@ -321,7 +322,7 @@ def _fisher(rd: _Reader, jobs: Jobs) -> tuple[list[dict], list[dict], list[dict]
     return fisher, gn_fisher, sweep
 
 
-def _representation(rd: _Reader, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame]]:
+def _representation(rd: _Reader, jobs: ExpectedJobs) -> tuple[list[dict], list[pd.DataFrame]]:
     """Representation rows and t-SNE tables of the non-Gaussian models."""
     rep, tsne = [], []
     for job in jobs.analyses["representation"]:
@@ -341,7 +342,7 @@ def _representation(rd: _Reader, jobs: Jobs) -> tuple[list[dict], list[pd.DataFr
     return rep, tsne
 
 
-def _inversion(rd: _Reader, jobs: Jobs) -> tuple[list[dict], list[pd.DataFrame], list[dict], dict]:
+def _inversion(rd: _Reader, jobs: ExpectedJobs) -> tuple[list[dict], list[pd.DataFrame], list[dict], dict]:
     """Inversion summaries, loss curves, per-image quality and reconstructions of the non-Gaussian models."""
     inv, curves, images, recon = [], [], [], {}
     for job in jobs.analyses["invert"]:

@@ -2,8 +2,8 @@
 
 The rule files (workflow/rules/*.smk) take their targets, output patterns and input functions from
 here; the report (atlib.report.load) reads the files listed by `report_inputs`; the MLflow ingest
-(atlib.workflow.tracking) recognizes jobs in the results tree by the kinds' patterns. Job lists follow the
-config's order (experiments, then eps, then seeds), deduplicated: the report's row order.
+(atlib.workflow.tracking.discovery) and `make verify` find the finished jobs in the results tree with `found`.
+Job lists follow the config's order (experiments, then eps, then seeds), deduplicated: the report's row order.
 
 Example (a rule file with a batched per-model rule)::
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 from atlib.spec.config import ModelKey, experiment_objective, iter_models, probe_of, transfer_experiments
@@ -57,6 +58,8 @@ class Kind:
         folder: its top folder under results/.
         pattern: its path under `folder` with wildcards: its directory, or its one file (`single_file`).
         files: (output name, file name in the job's directory); a single-file job's one name maps to "".
+        done: the output whose file marks a finished job in the results tree (`found`); None for the kinds
+            never looked for there.
     """
 
     rule: str
@@ -64,6 +67,7 @@ class Kind:
     pattern: str
     files: tuple[tuple[str, str], ...]
     single_file: bool = False
+    done: str | None = None
 
     def template(self, results: str, name: str) -> str:
         """The output `name` of this kind under `results`, with its wildcards (a rule's output)."""
@@ -72,34 +76,58 @@ class Kind:
         return f"{top}/{file}" if file else top
 
     def log(self, results: str) -> str:
-        """The log file of one job of this kind (as atlib.workflow.tracking finds it)."""
+        """The log file of one job of this kind, with wildcards (a rule's log; `Job.log` fills them in)."""
         stem = self.pattern.split(".")[0] if self.single_file else self.pattern  # "{dataset}.json" -> "{dataset}"
         return f"{results}/logs/{self.rule}/{stem or self.rule}.log"
 
     def regex(self) -> re.Pattern:
         return pattern_regex(self.pattern)
 
+    def parse(self, rel: str) -> Job | None:
+        """The job of this kind at `rel`, its path under the folder (its directory, or its one file);
+        None where `rel` is no path the workflow writes (another pattern, or a non-canonical number)."""
+        m = self.regex().match(rel)
+        if m is None:
+            return None
+        wc = {k: v for k, v in m.groupdict().items() if v is not None}
+        model = ModelKey(wc["source"], wc["arch"], wc["eps"], int(wc["seed"]), wc["tag"]) if "seed" in wc else None
+        job = Job(self, model, target=wc.get("target"), mode=int(wc["mode"]) if "mode" in wc else None,
+                  dataset=wc.get("dataset"), method=wc.get("method"))
+        return job if job.wildcards == wc else None  # e.g. seed "00" is no job's path
+
+    def glob(self) -> str:
+        """A glob for the `done` files of this kind under its folder (`parse` then checks each match)."""
+        pattern = re.sub(r"(\{\w+\})+", "*", self.pattern)  # "{tag}{eps}" -> "*"
+        file = dict(self.files)[self.done] if self.done else ""
+        return "/".join(part for part in (pattern, file) if part)
+
 
 MODEL = Kind("train_source", "models", MODEL_PATH,
-             (("model", "model.pt"), ("history", "history.csv"), ("metrics", "metrics.json")))
+             (("model", "model.pt"), ("history", "history.csv"), ("metrics", "metrics.json")), done="metrics")
 TRANSFER = Kind("transfer", "transfer", MODEL_PATH + "/{target}/mode{mode}",
-                (("metrics", "metrics.json"), ("history", "history.csv")))
+                (("metrics", "metrics.json"), ("history", "history.csv")), done="metrics")
 FEATURES = Kind("features", "distance", MODEL_PATH + "/{dataset}.features.npz", (("features", ""),), True)
-DISTANCE = Kind("task_distance", "distance", MODEL_PATH + "/{dataset}.json", (("json", ""),), True)
-FISHER = Kind("fisher", "fisher", MODEL_PATH, (("fisher", "fisher.pt"), ("summary", "summary.json")))
+DISTANCE = Kind("task_distance", "distance", MODEL_PATH + "/{dataset}.json", (("json", ""),), True, done="json")
+FISHER = Kind("fisher", "fisher", MODEL_PATH, (("fisher", "fisher.pt"), ("summary", "summary.json")), done="summary")
 REPRESENTATION = Kind("representation", "representation", MODEL_PATH,
-                      (("summary", "summary.json"), ("tsne", "tsne.csv"), ("tsne_png", "tsne.png")))
+                      (("summary", "summary.json"), ("tsne", "tsne.csv"), ("tsne_png", "tsne.png")), done="summary")
+# An inversion is recognized by its curve (the file its MLflow run draws); its summary.json may be missing.
 INVERT = Kind("invert", "invert", MODEL_PATH + "/{method}",
-              (("images", "images.png"), ("curve", "curve.csv"), ("summary", "summary.json"), ("recon", "recon.npz")))
+              (("images", "images.png"), ("curve", "curve.csv"), ("summary", "summary.json"), ("recon", "recon.npz")),
+              done="curve")
 # atlib.workflow.recommend (not a rule): one ranking per target folder, and each candidate model's feature caches.
 RECOMMEND = Kind("recommend", "recommend", "{target}",
                  (("ranking", "ranking.csv"), ("summary", "summary.md"), ("figure", "ranking.png")))
 CANDIDATE_FEATURES = Kind("recommend", "recommend/features", MODEL_PATH + "/{dataset}.features.npz",
                           (("features", ""),), True)
-REPORT = Kind("aggregate", "report", "", (("summary", "summary.md"),))
+REPORT = Kind("aggregate", "report", "", (("summary", "summary.md"),), done="summary")
 # The MLflow ingest in two jobs: every result while the report is made, then the report.
 TRACK_RESULTS = Kind("track_results", "tracking", "", (("summary", "results.json"),))
 TRACK = Kind("track", "tracking", "", (("summary", "ingest.json"),))
+
+# Every kind of job whose results stand on their own (not the feature caches, recommendations and the ingest's
+# summaries): what `found` looks for, the MLflow ingest mirrors and `make verify` checks.
+RESULT_KINDS = (MODEL, TRANSFER, DISTANCE, FISHER, REPRESENTATION, INVERT, REPORT)
 
 # The outputs atlib.report.load reads, by kind (it reads nothing of the feature caches).
 REPORT_READS = {MODEL: ("metrics", "history"), TRANSFER: ("metrics", "history"), DISTANCE: ("json",),
@@ -108,10 +136,11 @@ REPORT_READS = {MODEL: ("metrics", "history"), TRANSFER: ("metrics", "history"),
 
 @dataclass(frozen=True)
 class Job:
-    """One job: its kind, its model (the probe of a distance) and the wildcards beyond the model's."""
+    """One job: its kind, its model (the probe of a distance; None for the report and a recommendation)
+    and the wildcards beyond the model's."""
 
     kind: Kind
-    model: ModelKey
+    model: ModelKey | None = None
     target: str | None = None  # transfer
     mode: int | None = None  # transfer
     dataset: str | None = None  # features, task distance
@@ -120,7 +149,7 @@ class Job:
     @property
     def wildcards(self) -> dict[str, str]:
         m = self.model
-        wc = {"source": m.source, "arch": m.arch, "tag": m.tag, "eps": m.eps, "seed": str(m.seed)}
+        wc = {"source": m.source, "arch": m.arch, "tag": m.tag, "eps": m.eps, "seed": str(m.seed)} if m else {}
         extra = {"target": self.target, "mode": self.mode, "dataset": self.dataset, "method": self.method}
         return {**wc, **{k: str(v) for k, v in extra.items() if v is not None}}
 
@@ -139,6 +168,40 @@ class Job:
     def outputs(self, results: str) -> dict[str, str]:
         """Output name -> file, every file the job writes."""
         return {name: self.path(results, name) for name, _ in self.kind.files}
+
+    def log(self, results: str) -> str:
+        """The job's log file (its rule's `log:`)."""
+        return self.kind.log(results).format(**self.wildcards)
+
+
+def found(results: str | Path, kinds: Iterable[Kind] = RESULT_KINDS) -> list[Job]:
+    """Every finished job of `kinds` in the results tree (its kind's `done` file exists), in path order."""
+    root = Path(results)
+    out = []
+    for kind in kinds:
+        top = root / kind.folder
+        for done in sorted(top.glob(kind.glob())) if kind.done and top.is_dir() else []:
+            rel = done.relative_to(top)
+            job = kind.parse(_posix(rel if kind.single_file else rel.parent))
+            out += [job] if job is not None else []
+    return out
+
+
+def job_of(results: str | Path, output_file: str | Path, kinds: Iterable[Kind] = RESULT_KINDS) -> Job:
+    """The job of `kinds` that writes `output_file` (any of its outputs) under `results`.
+
+    Raises ValueError for a file no such job writes.
+    """
+    rel = Path(output_file).resolve().relative_to(Path(results).resolve())
+    for kind in kinds:
+        if rel.parts[0] != kind.folder:
+            continue
+        inner = Path(*rel.parts[1:])
+        for candidate in [inner] if kind.single_file else inner.parents:
+            job = kind.parse(_posix(candidate))
+            if job is not None:
+                return job
+    raise ValueError(f"{output_file} is not the output of a job of {[k.rule for k in kinds]} under {results}")
 
 
 def models(config: dict) -> list[Job]:
@@ -227,8 +290,6 @@ def track_inputs(config: dict, results: str) -> list[str]:
 def recommendations(results: str) -> list[str]:
     """The targets with a recommendation under `results` (atlib.workflow.recommend writes them, no rule does):
     the report's "Your targets" section reads their ranking.csv and ranking.png."""
-    from pathlib import Path
-
     rx = RECOMMEND.regex()
     return sorted(p.parent.name for p in Path(results, RECOMMEND.folder).glob("*/ranking.csv")
                   if rx.match(p.parent.name) and p.parent.name != "features")
@@ -236,8 +297,7 @@ def recommendations(results: str) -> list[str]:
 
 def recommendation_files(results: str) -> list[str]:
     """Every file of `recommendations` that the report reads (the aggregate rule's input)."""
-    key = ModelKey("_", "_", "0", 0)
-    return [Job(RECOMMEND, key, target=t).path(results, n) for t in recommendations(results)
+    return [Job(RECOMMEND, target=t).path(results, n) for t in recommendations(results)
             for n in ("ranking", "figure")]
 
 
@@ -253,6 +313,11 @@ def batch_rule_name(prefix: str, model: ModelKey) -> str:
     """The name of a batched per-model rule, e.g. transfer_mode0_fmnist04_resnet8_eps0p5_s0 (rule
     names take no slash or dot)."""
     return f"{prefix}_" + model.path.replace("/", "_").replace(".", "p")
+
+
+def _posix(rel: Path) -> str:
+    """A relative path as `parse` takes it ("" for the folder itself)."""
+    return "" if rel == Path(".") else rel.as_posix()
 
 
 def _unique(jobs: Iterable[Job]) -> list[Job]:

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping
 from atlib.core import numerics
 from atlib.data.store import sha256
 from atlib.spec.config import config_hash
+from atlib.spec.jobs import Job
 
 NAME = "provenance.json"
 FORMAT = 1
@@ -128,9 +129,10 @@ def load(path: Path) -> dict[str, Any] | None:
     return rec if ok else None
 
 
-def job_record(job: Any) -> Path:
-    """The record of a finished job of the results tree (`atlib.workflow.tracking.Job`)."""
-    return record_path([job.main]) if job.kind.single_file else job.main.parent / NAME
+def job_record(job: Job, results: str | Path) -> Path:
+    """The record of a job of the results tree (e.g. one `atlib.spec.jobs.found` there)."""
+    single = job.kind.single_file
+    return record_path([job.path(str(results), job.kind.files[0][0])]) if single else Path(job.dir(str(results))) / NAME
 
 
 def tags(path: Path) -> dict[str, str]:

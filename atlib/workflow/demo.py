@@ -27,6 +27,7 @@ from typing import Callable, TextIO
 import psutil
 
 from atlib.workflow.progress import Digest, tail
+from atlib.workflow.tracking.ui import experiment_name, runs_address
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -225,12 +226,13 @@ def main() -> None:
         write_measurement(args.measure, wall, rss, args.config, res)
     else:
         check_against_reference(res / "report" / "claims.csv", args.reference, args.config)
+    ui = runs_address(res, experiment_name(args.config))
     print(f"""
 demo finished in {wall / 60:.1f} min (peak memory {rss:.0f} MB).
   results:      {res}
   report:       {res / 'report' / 'summary.md'}  (claims: {res / 'report' / 'claims.md'})
   HTML report:  {res / 'report' / 'report.html'}
-  MLflow UI:    make ui   -> http://127.0.0.1:5000  (store: sqlite:///{res / 'mlflow.db'})
+  MLflow UI:    make ui   -> {ui}  (store: sqlite:///{res / 'mlflow.db'})
 """)
 
 

@@ -27,8 +27,8 @@ LOG_LINES = 20
 
 
 @dataclass
-class Job:
-    """One job as Snakemake announced it."""
+class Step:
+    """One step of Snakemake's progress: a job as Snakemake announced it (rule, jobid, wildcards, log)."""
 
     rule: str
     started: float
@@ -51,9 +51,9 @@ class Digest:
 
     def __init__(self, workdir: Path = Path("."), clock: Callable[[], float] = time.monotonic) -> None:
         self.workdir, self.clock = Path(workdir), clock
-        self.jobs: dict[str, Job] = {}  # started and not finished, by jobid
-        self.finished: list[Job] = []  # finished, waiting for their `k of n steps` line
-        self.block: Job | None = None  # the start or error block being read
+        self.jobs: dict[str, Step] = {}  # started and not finished, by jobid
+        self.finished: list[Step] = []  # finished, waiting for their `k of n steps` line
+        self.block: Step | None = None  # the start or error block being read
         self.failing = False  # whether `block` is an error block
         self.failures = 0
 
@@ -66,9 +66,9 @@ class Digest:
             return []
         out = self.close_block()
         if m := START.match(line):
-            self.block, self.failing = Job(m["rule"], self.clock()), False
+            self.block, self.failing = Step(m["rule"], self.clock()), False
         elif m := ERROR.match(line):
-            self.block, self.failing = Job(m["rule"], self.clock()), True
+            self.block, self.failing = Step(m["rule"], self.clock()), True
         elif m := FINISHED.match(line):
             job = self.jobs.pop(m["jobid"], None)
             if job is not None:
@@ -105,7 +105,7 @@ class Digest:
         job = self.finished.pop(0)
         return "  ".join(filter(None, [progress, job.rule, job.wildcards, f"{self.clock() - job.started:.0f} s"]))
 
-    def _failure(self, error: Job) -> list[str]:
+    def _failure(self, error: Step) -> list[str]:
         """What failed (rule, wildcards), after how long, its log's path and last lines."""
         self.failures += 1
         job = self.jobs.pop(error.jobid, error)

@@ -434,7 +434,7 @@ def confirm(s: Setup, df: pd.DataFrame, configs: list[str], extra: dict, results
 
 def track(s: Setup, score: dict | None) -> str | None:
     """The recommendation as an MLflow run nested under a run of its target (never fails the command)."""
-    from atlib.workflow.tracking import log_recommendation
+    from atlib.workflow.tracking.live import log_recommendation
 
     try:
         return log_recommendation(s.results, s.config["tracking"], s.name, s.out_dir, score or {})

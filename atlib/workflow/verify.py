@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from atlib.data.store import hash_mismatches, rebuild_hint, sha256
-from atlib.spec import provenance
+from atlib.spec import jobs, provenance
 
 
 @dataclass
@@ -58,11 +58,9 @@ def _problems(rec: dict, root: Path, hashes: _Hashes) -> list[str]:
 
 
 def _check_records(root: Path, report: Report) -> None:
-    from atlib.workflow.tracking import KINDS
-
     hashes = _Hashes()
     # Only the job folders: mlartifacts/ holds copies of the records (MLflow artifacts).
-    tops = [root / folder for folder in dict.fromkeys(k.folder for k in KINDS)]
+    tops = [root / folder for folder in dict.fromkeys(k.folder for k in jobs.RESULT_KINDS)]
     records = sorted({p for top in tops for pattern in (provenance.NAME, "*." + provenance.NAME)
                       for p in top.rglob(pattern)})
     found: dict[str, dict] = {}
@@ -103,12 +101,10 @@ def _check_datasets(root: Path, report: Report) -> None:
 
 
 def _check_unrecorded(root: Path, report: Report) -> None:
-    from atlib.workflow.tracking import find_jobs
-
-    for job in find_jobs(root):
-        if not provenance.job_record(job).exists():
-            report.not_judged.append((str(job.main), "no provenance record (written before atlib recorded "
-                                      "provenance, or by a job killed before it finished)"))
+    for job in jobs.found(root):
+        if not provenance.job_record(job, root).exists():
+            report.not_judged.append((job.path(str(root), job.kind.done), "no provenance record (written before "
+                                      "atlib recorded provenance, or by a job killed before it finished)"))
 
 
 def check_tree(root: str | Path) -> Report:

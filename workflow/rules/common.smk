@@ -6,7 +6,7 @@ from atlib.spec.config import ModelKey, config_hash, model_experiments, pretrain
 from atlib.spec.config import transfer_experiments
 from atlib.data.folder import folder_files
 from atlib.spec.jobs import job_seed
-from atlib.workflow.tracking import default_uri
+from atlib.workflow.tracking.ingest import default_uri
 
 RESULTS = config["results"]
 MODEL_EXPERIMENT = model_experiments(config)

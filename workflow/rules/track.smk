@@ -3,7 +3,8 @@
 # report's run (one SQLite store: the two never write at once).
 # Local: it is quick, and a SLURM node may not reach the tracking server the user can.
 # It also reads each job's log under logs/ where present, for the run's start and end only; logs are
-# not inputs: a missing or stale one just means the result file's time is used (atlib.workflow.tracking.job_times).
+# not inputs: a missing or stale one just means the result file's time is used
+# (atlib.workflow.tracking.mapping.job_times).
 
 
 localrules:

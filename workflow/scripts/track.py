@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from atlib.workflow.logs import job_logging
-from atlib.workflow.tracking import TrackingError, git_commit, ingest
+from atlib.workflow.tracking.ingest import git_commit, ingest
+from atlib.workflow.tracking.mapping import TrackingError
 
 COUNTS = ("jobs", "created", "updated", "skipped", "relinked", "seconds")
 

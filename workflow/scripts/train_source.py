@@ -10,7 +10,7 @@ from atlib.train.imported import import_source
 from atlib.train.resume import Interrupted
 from atlib.train.source import TrainingError, train_source
 from atlib.workflow.logs import job_logging
-from atlib.workflow.tracking import live_for_job
+from atlib.workflow.tracking.live import live_for_job
 
 
 def main(sm) -> None:

@@ -6,7 +6,7 @@ from atlib.spec.config import ConfigError
 from atlib.train.resume import Interrupted
 from atlib.transfer.finetune import TransferError, transfer
 from atlib.workflow.logs import job_logging
-from atlib.workflow.tracking import live_for_job
+from atlib.workflow.tracking.live import live_for_job
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 p = sm.params
