@@ -142,7 +142,7 @@ def test_ui_layout_kind_times_nesting_and_idempotent(results, config):
     ingest(results, uri, "atlib", config)
     client, runs = _runs(uri)
     exp = client.get_experiment_by_name("atlib")
-    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # training runs, not GenAI traces
     assert all(r.info.start_time <= r.info.end_time for r in runs)
     by_key = {r.data.tags["job_key"]: r for r in runs}
     for r in runs:

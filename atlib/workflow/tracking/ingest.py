@@ -7,9 +7,10 @@ and logged again from scratch (mapping), so metric histories and dataset inputs 
 doubled entries, and runs from an older ingest (older `mapping.LAYOUT`) are upgraded the same way,
 never duplicated.
 
-The experiment is tagged `mlflow.experimentKind = custom_model_development`: MLflow 3 stores it as
-the experiment's kind, and its UI then opens the experiment on the runs table instead of the GenAI
-overview (atlib.workflow.tracking.ui prints the runs table's address itself).
+The experiment is tagged `mlflow.experimentKind = custom_model_development`, the experiment's kind as
+MLflow 3 stores it ("Machine learning"). MLflow 3.17 stores no default page: a new browser (in the UI's
+*GenAI* mode) still opens the experiment on its GenAI overview, so `make ui` prints the runs table's
+own address (atlib.workflow.tracking.ui).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # MLflow's per-call limits for log_batch.
 BATCH_METRICS, BATCH_PARAMS, BATCH_TAGS = 1000, 100, 100
-# MLflow 3 opens an experiment on its GenAI overview unless this tag says it holds training runs.
+# The experiment's kind: training runs, not GenAI traces (the UI's experiment kind selector shows it).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 EXPERIMENT_NOTE = ("One run per job of the atlib workflow (result files under results/ are the source of truth). "
                    "Each source model's run holds its transfers, Fisher, t-SNE, inversion and task-distance runs "

@@ -3,9 +3,9 @@ the experiment's runs table.
 
 `http://127.0.0.1:5000/#/experiments/<id>/runs`, the id looked up by name in `<results>/mlflow.db`
 (read only: looking never creates or migrates the store); the plain address where the store or the
-experiment does not exist yet. The experiment's kind tag (atlib.workflow.tracking.ingest) makes the
-plain experiment page open on the runs table too; this address needs no redirect and names the
-experiment.
+experiment does not exist yet. The experiment's own page (`#/experiments/<id>`) opens on the GenAI
+overview in a new browser, whatever the experiment's kind tag (atlib.workflow.tracking.ingest): MLflow
+3.17 stores no default page for an experiment, so the address names the runs table.
 """
 
 from __future__ import annotations
