@@ -119,7 +119,8 @@ def test_tiny_end_to_end_outputs(tiny_run):
 
 
 def test_tiny_mlflow_view(tiny_run):
-    """The track rule's store as the UI shows it: runs table first, job times, runs nested by model."""
+    """The track rule's store as the UI shows it: experiment kind, job times, runs nested by model, a
+    transfer's prepared datasets as its dataset inputs."""
     import json
 
     from mlflow import MlflowClient
@@ -139,6 +140,9 @@ def test_tiny_mlflow_view(tiny_run):
     trained = by_key["models/src/resnet8/eps0.5/s0"]
     assert trained.info.end_time > trained.info.start_time and trained.info.run_name == "eps0.5 s0"
     assert "claims.md" in {a.path for a in client.list_artifacts(by_key["report"].info.run_id)}
+    far = by_key["transfer/src/resnet8/eps0.5/s0/far/mode2"]
+    assert sorted((d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"])
+                  for d in far.inputs.dataset_inputs) == [("far", "target"), ("src", "source")]
 
 
 def test_tiny_run_has_a_provenance_record_for_every_result(tiny_run):
