@@ -29,7 +29,7 @@ from record import write_record  # noqa: E402  (benchmarks/ is on sys.path when 
 
 from atlib.core.runtime import autocast  # noqa: E402
 from atlib.models.resnet import build_model  # noqa: E402
-from atlib.spec.config import schedule_defaults  # noqa: E402
+from atlib.spec.schema import schedule_defaults  # noqa: E402
 from atlib.train.optim import make_optimizer  # noqa: E402
 from atlib.train.source import Objective, train_step  # noqa: E402
 

@@ -78,7 +78,7 @@ def train(data: Path, steps: int, bf16: bool, deterministic: bool) -> dict:
 
     from atlib.core.runtime import seed_everything, set_threads, to_memory_format
     from atlib.models.resnet import build_model
-    from atlib.spec.config import schedule_defaults
+    from atlib.spec.schema import schedule_defaults
     from atlib.train.optim import make_optimizer
     from atlib.train.source import Objective, train_step
 

@@ -18,7 +18,8 @@ from conftest import save_tiny_model
 
 from atlib.data import DataIntegrityError, Index, Prepared, write_prepared
 from atlib.spec import provenance
-from atlib.spec.config import check_config, config_hash
+from atlib.spec.config import check_config
+from atlib.spec.schema import config_hash
 from atlib.transfer.finetune import TransferError, transfer
 from atlib.workflow import demo, verify
 

@@ -12,7 +12,7 @@ import torch
 
 from atlib.core.intervals import accuracy_interval, paired_difference_interval, wilson_interval
 from atlib.models.resnet import build_model
-from atlib.spec.config import schedule_defaults
+from atlib.spec.schema import schedule_defaults
 from atlib.train import robust_eval
 from atlib.train.robust_eval import autoattack_accuracy, paired_table
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atlib.spec.config import check_config, config_hash
+from atlib.spec.config import check_config
+from atlib.spec.schema import config_hash
 from atlib.workflow.tracking import (
     PARENT_TAG,
     LiveLogger,

@@ -12,7 +12,7 @@ import torch
 
 from atlib.models.checkpoint import load_model
 from atlib.models.resnet import weight_norm
-from atlib.spec.config import ConfigError, schedule_defaults
+from atlib.spec.schema import ConfigError, schedule_defaults
 from atlib.train import source as train_mod
 from atlib.train.augment import augment_batch, is_random, random_crop, random_flip
 from atlib.train.source import HISTORY_COLUMNS, TrainingError, train_source

@@ -18,7 +18,7 @@ import pandas as pd
 
 from atlib.report.claims import effect_text
 from atlib.report.stability import FRAGILE_BELOW, marker
-from atlib.spec.config import merge_files
+from atlib.spec.schema import merge_files
 
 LAYOUT = 1  # the columns below; a reference of another layout is refused by name
 COLUMNS = ["claim", "verdict", "effect", "lo", "hi", "n", "unit", "stability", "machine", "config", "config_hash",

@@ -41,7 +41,8 @@ from atlib.models.adapter import (
 )
 from atlib.models.checkpoint import CheckpointError
 from atlib.models.resnet import NORMALIZATION, ResNet, build_model, weight_norm
-from atlib.spec.config import eps_str, schedule_defaults, source_file
+from atlib.spec.grid import eps_str, source_file
+from atlib.spec.schema import schedule_defaults
 from atlib.train import resume
 from atlib.train.evaluation import evaluate_dataset, robust_metrics
 from atlib.train.source import HISTORY_COLUMNS, model_meta, write_outputs

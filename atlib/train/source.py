@@ -32,7 +32,7 @@ from atlib.core.runtime import (
 from atlib.data import Prepared, TensorPairs, load_batches, split_data
 from atlib.models.checkpoint import save_model
 from atlib.models.resnet import NORMALIZATION, build_model, weight_norm
-from atlib.spec.config import schedule_defaults
+from atlib.spec.schema import schedule_defaults
 from atlib.train import distributed as ddp
 from atlib.train import resume
 from atlib.train.attacks import evaluate, gaussian_noise, pgd, trades_loss

@@ -48,7 +48,7 @@ from atlib.data.store import sha256
 from atlib.models.adapter import TailSplit, tail_split
 from atlib.models.checkpoint import CheckpointError, load_model, save_model
 from atlib.models.resnet import ResNet
-from atlib.spec.config import schedule_defaults
+from atlib.spec.schema import schedule_defaults
 from atlib.train.augment import augment_batch, is_random
 from atlib.train.epochs import EpochRunner, Sums
 from atlib.train.evaluation import accuracy, evaluate_head, robust_metrics
@@ -59,7 +59,7 @@ logger = logging.getLogger("atlib.transfer.finetune")
 MODES = {0: "head + last BatchNorm", 1: "head + every BatchNorm", 2: "whole network"}
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_top1", "time_s")
 CHECK_EVERY = 50  # steps between finiteness checks of the loss (each one syncs a GPU)
-# atlib.spec.config.ModelKey.path: tag "eps" (standard, adversarial) or "gn" (Gaussian-noise training).
+# atlib.spec.grid.ModelKey.path: tag "eps" (standard, adversarial) or "gn" (Gaussian-noise training).
 from atlib.spec.jobs import MODEL_RE as _MODEL_KEY  # noqa: E402 - the one model-path pattern
 
 

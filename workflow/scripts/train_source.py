@@ -5,7 +5,7 @@ from pathlib import Path
 from atlib.data import DataIntegrityError
 from atlib.models.checkpoint import CheckpointError
 from atlib.spec import provenance
-from atlib.spec.config import ConfigError
+from atlib.spec.schema import ConfigError
 from atlib.train.imported import import_source
 from atlib.train.resume import Interrupted
 from atlib.train.source import TrainingError, train_source

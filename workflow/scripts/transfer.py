@@ -2,7 +2,7 @@
 
 from atlib.models.checkpoint import CheckpointError
 from atlib.spec import provenance
-from atlib.spec.config import ConfigError
+from atlib.spec.schema import ConfigError
 from atlib.train.resume import Interrupted
 from atlib.transfer.finetune import TransferError, transfer
 from atlib.workflow.logs import job_logging
