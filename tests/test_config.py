@@ -328,3 +328,18 @@ def test_imported_foreign_arch_plans_and_missing_files_are_named(tmp_path):
         "allow_download: true" in msg
     cfg["source_models"]["m"]["allow_download"] = True
     assert missing_source_files(cfg) == []
+
+
+def test_defaults_are_filled_as_copies():
+    from atlib.spec.schema import validate_config
+
+    def config() -> dict:
+        return {"experiments": {e: {"source": "s", "arch": "resnet8", "eps": [0]} for e in ("x", "y")}}
+
+    a = validate_config(config())
+    assert a["experiments"]["x"]["targets"] == [] and a["experiments"]["x"]["modes"]
+    assert a["experiments"]["x"]["targets"] is not a["experiments"]["y"]["targets"]
+    a["experiments"]["x"]["targets"].append("t")
+    a["fisher"]["budget_factors"].append(1e9)
+    b = validate_config(config())  # the schema's defaults are untouched
+    assert b["experiments"]["x"]["targets"] == [] and 1e9 not in b["fisher"]["budget_factors"]

@@ -24,7 +24,6 @@ class TransferError(ValueError):
     """A transfer that cannot be done as asked; the message names the target and the source model."""
 
 
-
 class Split:
     """One split of a target at its stored size, adapted to the model's input per batch.
 
