@@ -20,7 +20,7 @@ from atlib.info.invert import (
     steps_to_reach,
 )
 from atlib.models.resnet import build_model
-from atlib.spec.config import section_defaults
+from atlib.spec.schema import section_defaults
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ import yaml
 from atlib.data import Prepared, prepare
 from atlib.data.folder import FolderError, check_folder, load_folder
 from atlib.report.stats import Prediction, clustered_prediction
-from atlib.spec.config import ConfigError, check_config
+from atlib.spec.config import check_config
+from atlib.spec.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 LETTERS = "KLMNO"  # not the registry's A-J letters

@@ -12,7 +12,7 @@ from conftest import save_tiny_model
 
 from atlib.info.representation import class_separation, extract_features, representation_report, tsne
 from atlib.models.resnet import build_model
-from atlib.spec.config import section_defaults
+from atlib.spec.schema import section_defaults
 
 
 def test_separation_orders_separable_above_random():

@@ -40,7 +40,7 @@ from atlib.report.stats import (
     mean_std,
     mean_test,
 )
-from atlib.spec.config import base_set, near_far
+from atlib.spec.grid import base_set, near_far
 
 CLAIMS_MD = Path(__file__).resolve().parent.parent / "reference" / "claims.md"
 ARCH_SIZE = {"resnet8": 0, "resnet18": 1, "resnet50": 2, "resnet50_imagenet": 2}

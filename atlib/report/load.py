@@ -22,7 +22,7 @@ import pandas as pd
 
 from atlib.report.stats import DISTANCES
 from atlib.spec import jobs as job_model
-from atlib.spec.config import ModelKey, eps_str, probe_of
+from atlib.spec.grid import ModelKey, eps_str, probe_of
 from atlib.spec.jobs import Job
 
 log = logging.getLogger("atlib.report")

@@ -24,7 +24,7 @@ import pandas as pd
 
 from atlib.report.claims import effect_text
 from atlib.report.stability import FRAGILE_BELOW, marker
-from atlib.spec.config import merge_files
+from atlib.spec.schema import merge_files
 
 CROSSCHECK_DIR = "crosscheck"  # beside demo_claims.csv: one check of the demo per other machine
 LAYOUT = 1  # the columns below; a reference of another layout is refused by name

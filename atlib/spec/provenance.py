@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 from atlib.core import numerics
 from atlib.data.store import sha256
-from atlib.spec.config import config_hash
+from atlib.spec.schema import config_hash
 
 NAME = "provenance.json"
 FORMAT = 1

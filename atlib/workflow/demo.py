@@ -161,7 +161,7 @@ def pin_numerics(configs: list[str]) -> None:
     """The config's numerics variables in this process too (the Snakefile sets them for the jobs; a
     user's own value wins), so that `machine()` names what the jobs ran with."""
     from atlib.core.numerics import apply_env
-    from atlib.spec.config import merge_files
+    from atlib.spec.schema import merge_files
 
     apply_env(merge_files(configs).get("numerics"))
 

@@ -42,16 +42,9 @@ from atlib.report.stats import (
     standard_distance,
 )
 from atlib.spec import jobs
-from atlib.spec.config import (
-    ConfigError,
-    ModelKey,
-    base_set,
-    check_config,
-    experiment_keys,
-    merge_files,
-    pretrained_entry,
-    probe_of,
-)
+from atlib.spec.config import check_config
+from atlib.spec.grid import ModelKey, base_set, experiment_keys, pretrained_entry, probe_of
+from atlib.spec.schema import ConfigError, merge_files
 
 COLUMNS = ["rank", "model", "eps", "seed", "origin", "distance", "distance_value", "target_distance",
            "predicted_gap", "gap_lo", "gap_hi", "predicted_top1", "predicted_lo", "predicted_hi", "decided",

@@ -326,7 +326,7 @@ def config_index(config: dict | None) -> dict:
     schedule is the one used, as in workflow/rules/common.smk)."""
     if config is None:
         return {"models": {}, "transfers": {}}
-    from atlib.spec.config import model_experiments, transfer_experiments
+    from atlib.spec.grid import model_experiments, transfer_experiments
 
     return {"models": model_experiments(config), "transfers": transfer_experiments(config)}
 
@@ -599,7 +599,7 @@ def _ingest(results: Path, uri: str, experiment: str, config: dict | None, git_c
     from mlflow import MlflowClient
 
     from atlib.spec import provenance
-    from atlib.spec.config import config_hash
+    from atlib.spec.schema import config_hash
 
     t0 = time.time()
     _check_reachable(uri)
