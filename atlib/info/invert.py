@@ -26,7 +26,6 @@ The curve records, at every step k (k = 0 before any update, k = steps at the en
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +36,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm import tqdm
 
+from atlib.core.io import write_json_atomic
 from atlib.core.runtime import eval_mode
 from atlib.info.posterior import check_sigma, draw_noise
 
@@ -411,7 +411,7 @@ def invert_report(model_path: str | Path, fisher_path: str | Path | None, data_d
         "photos": list(photos), "optimizer": cfg_invert["optimizer"], "lr": cfg_invert["lr"],
         "layer": layer, **_quality_summary(x.cpu(), x_hat.cpu(), n_test),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out_dir / "summary.json", summary)
     log.info("final loss %.4g (initial %.4g), PSNR %.2f dB, SSIM %.3f", summary["final_loss"], initial,
              summary["psnr"], summary["ssim"])
     return summary

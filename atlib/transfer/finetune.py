@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from atlib.core.intervals import accuracy_interval
+from atlib.core.io import write_text_atomic
 from atlib.core.runtime import (
     EVAL_BATCH,
     autocast,
@@ -315,12 +315,6 @@ def _cache_split(model: nn.Module, train: Split, n_test: int, sched: dict[str, A
     return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class _TransferJob:
     """Fine-tuning as an `epochs.EpochJob`: the trained modules' state, one batch per step (through
     the mode-0 cache when there is one), top-1 on the target's test split per epoch."""
@@ -518,8 +512,8 @@ def _evaluate_and_write(job: _TransferJob, runner: EpochRunner, prep: Prepared, 
     import pandas as pd  # here, not at the top: every job pays ~0.3 s to import it
 
     history = pd.DataFrame(runner.history, columns=list(HISTORY_COLUMNS))
-    _write_atomic(out_dir / "history.csv", history.to_csv(index=False))
-    _write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1))
+    write_text_atomic(out_dir / "history.csv", history.to_csv(index=False))
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     if save_model_to is not None:
         save_model(save_model_to, model, {**meta, "num_classes": prep.num_classes,
                                           "transfer": {"source_model": key, "target": prep.name, "mode": mode}})

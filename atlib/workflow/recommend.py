@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from atlib.core.io import atomic_write
 from atlib.data.folder import FOLDER
 from atlib.report.stats import (
     DISTANCES,
@@ -372,9 +373,8 @@ def write(s: Setup, df: pd.DataFrame, why: list[str], fitted: dict[float, Fit], 
     """ranking.csv, summary.md and ranking.png under results/recommend/<name>/ (atomic csv)."""
     out = s.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".ranking.csv.tmp"
-    df.to_csv(tmp, index=False)
-    tmp.replace(out / "ranking.csv")
+    with atomic_write(out / "ranking.csv") as tmp:
+        df.to_csv(tmp, index=False)
     (out / "summary.md").write_text(summary(s, df, why, fitted, confirm))
     figure(df, out / "ranking.png")
     return out
