@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atlib.core.io import atomic_write, write_json_atomic
 from atlib.core.runtime import (
     EVAL_BATCH,
     autocast,
@@ -117,14 +117,11 @@ def model_meta(prep: Prepared, arch: str, width: float, eps: float, seed: int, *
 def write_outputs(out_dir: Path, model: nn.Module, meta: dict, history: list[dict], metrics: dict) -> None:
     """history.csv, metrics.json, then model.pt: each written to a temporary file and renamed."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".history.csv.tmp{os.getpid()}"
     import pandas as pd  # here, not at the top: every job pays ~0.3 s to import it
 
-    pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "history.csv")
-    tmp = out_dir / f".metrics.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(metrics, indent=1))
-    os.replace(tmp, out_dir / "metrics.json")
+    with atomic_write(out_dir / "history.csv") as tmp:
+        pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(tmp, index=False)
+    write_json_atomic(out_dir / "metrics.json", metrics)
     save_model(out_dir / "model.pt", model, meta)
 
 

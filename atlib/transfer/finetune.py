@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from atlib.core.intervals import accuracy_interval
+from atlib.core.io import write_text_atomic
 from atlib.core.runtime import autocast, pick_device, seed_everything, set_threads
 from atlib.data import Prepared
 from atlib.data.store import sha256
@@ -40,12 +40,6 @@ logger = logging.getLogger("atlib.transfer.finetune")
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_top1", "time_s")
 CHECK_EVERY = 50  # steps between finiteness checks of the loss (each one syncs a GPU)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass(kw_only=True)
@@ -256,8 +250,8 @@ def _evaluate_and_write(job: _TransferJob, runner: EpochRunner, prep: Prepared, 
     import pandas as pd  # here, not at the top: every job pays ~0.3 s to import it
 
     history = pd.DataFrame(runner.history, columns=list(HISTORY_COLUMNS))
-    _write_atomic(out_dir / "history.csv", history.to_csv(index=False))
-    _write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1))
+    write_text_atomic(out_dir / "history.csv", history.to_csv(index=False))
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     if save_model_to is not None:
         save_model(save_model_to, model, {**meta, "num_classes": prep.num_classes,
                                           "transfer": {"source_model": key, "target": prep.name, "mode": mode}})
