@@ -1,4 +1,4 @@
-# make demo | make test | make verify | make bench | make demo-reference | make ui | make recommend TARGET=DIR | make profile-link | make clean
+# make demo | make test | make verify | make bench | make demo-reference | make demo-crosscheck | make ui | make recommend TARGET=DIR | make profile-link | make clean
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config/demo.yaml
 RESULTS ?= results
 
-.PHONY: demo test verify bench demo-reference ui recommend profile-link dry-run clean venv data-demo
+.PHONY: demo test verify bench demo-reference demo-crosscheck ui recommend profile-link dry-run clean venv data-demo
 
 venv: $(STAMP)
 
@@ -49,6 +49,11 @@ bench: $(STAMP)
 # (demo_claims.csv) that every `make demo` is compared with, and the README's table made from both.
 demo-reference: $(STAMP) data-demo
 	$(BIN)/python benchmarks/run_all.py demo
+
+# After `make demo` on a machine other than the reference's: keep this run's comparison with the reference
+# (benchmarks/results/crosscheck/<machine>.csv) and regenerate the README's table of record with it.
+demo-crosscheck: $(STAMP)
+	$(BIN)/python -m atlib.report.reference $(RESULTS)/report/reference_check.csv
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile config/config.yaml

@@ -16,10 +16,11 @@ if "experiments" not in config:
 # Jobs import atlib from this checkout, whatever the environment (venv, conda, SLURM node).
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
-# One validation (Snakemake's validate, defaults filled from the schema, atlib.spec.config.validate_config)
+# One validation (jsonschema, defaults filled from the schema: atlib.spec.schema.validate_config)
 # and the checks a schema cannot express: one message naming the key.
 sys.path.insert(0, workflow.basedir)
-from atlib.spec.config import ConfigError, check_config, missing_source_files
+from atlib.spec.config import check_config, missing_source_files
+from atlib.spec.schema import ConfigError
 
 try:
     # Image folders (datasets with base folder) are decoded once, here, not again in every job.

@@ -3,7 +3,7 @@
 The packages follow the workflow's DAG. Each may import the ones before it in `STAGES`, never one
 after it (tests/test_architecture.py checks this from the imports, and that there are no cycles):
 
-    core      compat shims, the device and autocast runtime, the numerics pinning
+    core      compat shims, the device and autocast runtime, the numerics pinning, atomic writes
     data      registry, acquisition, the prepared format, derived datasets, image folders
     models    the ResNets, checkpoints, the adapter of other libraries' networks, the zoo loaders
     spec      the experiment as the config describes it: schema validation, the job model, provenance

@@ -29,7 +29,7 @@ from record import write_record  # noqa: E402  (benchmarks/ is on sys.path when 
 
 from atlib.core.runtime import autocast  # noqa: E402
 from atlib.models.resnet import build_model  # noqa: E402
-from atlib.spec.config import schedule_defaults  # noqa: E402
+from atlib.spec.settings import TrainSchedule  # noqa: E402
 from atlib.train.optim import make_optimizer  # noqa: E402
 from atlib.train.source import Objective, train_step  # noqa: E402
 
@@ -51,16 +51,16 @@ def timed_round_robin(cases: dict, warmup: int, reps: int, clock=time.perf_count
     return out
 
 
-def ours(x: torch.Tensor, y: torch.Tensor, sched: dict, eps: float):
+def ours(x: torch.Tensor, y: torch.Tensor, sched: TrainSchedule, eps: float):
     net = build_model("resnet18", 10, 3, 1.0, "cifar10")
-    cl = sched["channels_last"]
+    cl = sched.channels_last
     if cl:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     objective, opt = Objective(net, eps, sched).train(), make_optimizer(net.parameters(), sched)
 
     def step():
-        train_step(objective, opt, x, y, CPU, sched["bf16"], 1.0 / len(y))
+        train_step(objective, opt, x, y, CPU, sched.bf16, 1.0 / len(y))
         opt.step()
 
     return step
@@ -90,7 +90,7 @@ class _ForTorchattacks(torch.nn.Module):
         return self.net(_NCHWGrad.apply(x).contiguous(memory_format=torch.channels_last))
 
 
-def torchattacks_loop(x: torch.Tensor, y: torch.Tensor, sched: dict, eps: float):
+def torchattacks_loop(x: torch.Tensor, y: torch.Tensor, sched: TrainSchedule, eps: float):
     """torchattacks' PGDL2 and a plain step, in the same bf16 autocast, the network in channels_last."""
     from atlib.core.compat import import_torchvision
 
@@ -99,7 +99,7 @@ def torchattacks_loop(x: torch.Tensor, y: torch.Tensor, sched: dict, eps: float)
 
     net = _ForTorchattacks(build_model("resnet18", 10, 3, 1.0, "cifar10").to(memory_format=torch.channels_last))
     opt = make_optimizer(net.parameters(), sched)
-    steps = sched["attack"]["steps"]
+    steps = sched.attack["steps"]
     attack = torchattacks.PGDL2(net, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
 
     def step():
@@ -154,7 +154,7 @@ def main() -> None:
     torch.manual_seed(0)
     x, y = torch.rand(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
     base = {"batch_size": args.batch, "attack": {"norm": "l2", "steps": args.steps, "step_size_factor": 2.5}}
-    sched = schedule_defaults(base)  # bf16 + channels_last
+    sched = TrainSchedule.from_config(base)  # bf16 + channels_last
     cases = {
         "ours": ours(x, y, sched, args.eps),
         "torchattacks": torchattacks_loop(x, y, sched, args.eps),

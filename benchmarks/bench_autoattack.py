@@ -33,7 +33,7 @@ from bench_adversarial_step import timed_round_robin  # noqa: E402  (benchmarks/
 from record import write_record  # noqa: E402
 
 from atlib.models.resnet import build_model  # noqa: E402
-from atlib.spec.config import schedule_defaults  # noqa: E402
+from atlib.spec.schema import schedule_defaults  # noqa: E402
 from atlib.train.attacks import evaluate  # noqa: E402
 from atlib.train.robust_eval import autoattack_accuracy  # noqa: E402
 

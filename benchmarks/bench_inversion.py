@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 from record import write_record  # benchmarks/ is on sys.path when run as a script
 
-from atlib.info.invert import METHODS, invert, load_photos, speedup_vs_plain
+from atlib.info.invert import METHODS, invert, speedup_vs_plain
+from atlib.info.recon import load_photos
 
 OUT = Path(__file__).resolve().parent / "results" / "inversion.json"
 PAPER_RATIO = 40.0

@@ -78,7 +78,7 @@ def train(data: Path, steps: int, bf16: bool, deterministic: bool) -> dict:
 
     from atlib.core.runtime import seed_everything, set_threads, to_memory_format
     from atlib.models.resnet import build_model
-    from atlib.spec.config import schedule_defaults
+    from atlib.spec.settings import TrainSchedule
     from atlib.train.optim import make_optimizer
     from atlib.train.source import Objective, train_step
 
@@ -86,8 +86,8 @@ def train(data: Path, steps: int, bf16: bool, deterministic: bool) -> dict:
     torch.use_deterministic_algorithms(deterministic)
     arrays = np.load(data)
     x_all, y_all = torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
-    sched = schedule_defaults({"batch_size": BATCH, "lr": 0.1, "lr_schedule": "cosine", "weight_decay": 5e-4,
-                               "attack": {"norm": "l2", "steps": 1, "step_size_factor": 2.5}, "bf16": bf16})
+    sched = TrainSchedule.from_config({"batch_size": BATCH, "lr": 0.1, "lr_schedule": "cosine", "weight_decay": 5e-4,
+                                       "attack": {"norm": "l2", "steps": 1, "step_size_factor": 2.5}, "bf16": bf16})
     seed_everything(0)
     net = build_model("resnet8", CLASSES, 1, 0.25, None).to(memory_format=torch.channels_last)
     objective, opt = Objective(net, EPS, sched).train(), make_optimizer(net.parameters(), sched)
@@ -95,7 +95,7 @@ def train(data: Path, steps: int, bf16: bool, deterministic: bool) -> dict:
     t0 = time.process_time()
     for i in range(steps):
         idx = torch.arange(i * BATCH, (i + 1) * BATCH) % n
-        x = to_memory_format(x_all[idx], sched["channels_last"])
+        x = to_memory_format(x_all[idx], sched.channels_last)
         losses, _, _ = train_step(objective, opt, x, y_all[idx], cpu, bf16, 1.0 / BATCH)
         opt.step()
     seconds = time.process_time() - t0

@@ -100,7 +100,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from atlib.workflow.recommend import recommend, setup
+    from atlib.workflow.recommend import recommend
+    from atlib.workflow.recommend_inputs import setup
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -28,7 +28,10 @@ from atlib.data import Arrays, Prepared, write_prepared
 from atlib.models.adapter import tail_split
 from atlib.models.checkpoint import save_model
 from atlib.models.resnet import build_model
-from atlib.transfer.finetune import Split, cache_nbytes, transfer
+from atlib.spec.settings import FinetuneSchedule
+from atlib.transfer.cache import cache_nbytes
+from atlib.transfer.finetune import transfer
+from atlib.transfer.inputs import Split
 
 OUT = Path(__file__).resolve().parent / "results" / "transfer_mode0_cache.json"
 KEY = "cifar10/resnet18/eps0/s0"
@@ -67,7 +70,7 @@ def main() -> None:
         for name, policy, epochs in (("plain", "never", args.plain_epochs), ("cached", "always", args.cached_epochs)):
             out = root / name
             m = transfer(path, data, out, mode=0, seed=0, device=args.device, threads=args.threads,
-                         schedule={**sched, "epochs": epochs, "cache_features": policy})
+                         schedule=FinetuneSchedule.from_config({**sched, "epochs": epochs, "cache_features": policy}))
             hist = pd.read_csv(out / "history.csv")
             runs[name] = {"metrics": m, "epoch_s": hist["time_s"].tolist(), "top1_epoch1": hist["test_top1"][0],
                           "outside_epochs_s": m["train_time_s"] - float(hist["time_s"].sum())}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,17 @@ def save_tiny_model(path: Path, num_classes: int = 3, in_channels: int = 1, arch
     save_model(path, model, {"arch": arch, "num_classes": num_classes, "in_channels": in_channels,
                              "width": 0.125, "normalization": None, "image_size": 8, **meta})
     return model
+
+
+def preempt_after(epoch: int):
+    """An `on_epoch` hook that sends this process SIGUSR1 (a cluster's preemption warning) at the end of
+    `epoch`: the job stops after the next step and saves its state there, as a preempted job does."""
+
+    def hook(row: dict) -> None:
+        if row["epoch"] == epoch:
+            signal.raise_signal(signal.SIGUSR1)
+
+    return hook
 
 
 @pytest.fixture(scope="session")

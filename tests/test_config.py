@@ -9,16 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from atlib.spec.config import (
-    ConfigError,
-    ModelKey,
-    check_config,
-    eps_str,
-    iter_models,
-    ladder_levels,
-    model_experiments,
-    near_far,
-)
+from atlib.spec.config import check_config
+from atlib.spec.grid import ModelKey, eps_str, iter_models, ladder_levels, model_experiments, near_far
+from atlib.spec.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {"fashion_mnist", "mnist5k", "digits", "textures", "photos", "letters", "shapes", "cifar10", "cifar100",
@@ -218,7 +211,7 @@ def test_ladder_expands_into_datasets_and_targets():
 
 
 def test_ladder_transfers_are_planned():
-    from atlib.spec.config import transfer_experiments
+    from atlib.spec.grid import transfer_experiments
 
     jobs = transfer_experiments(check_config(with_ladder(), DATASETS))
     assert {t for (_, t, _) in jobs} >= {"dblur_1", "dblur_2", "dblur_3"}
@@ -236,7 +229,7 @@ def test_near_far_declared_or_from_ladders():
 
 
 def test_base_set_follows_derivations_to_a_registered_dataset():
-    from atlib.spec.config import base_set
+    from atlib.spec.grid import base_set
 
     out = check_config(with_ladder(), DATASETS)
     assert base_set(out, "dblur_2") == "digits"  # a ladder level: its ladder's base
@@ -257,7 +250,7 @@ def test_same_model_with_two_schedules_refused():
 
 def test_schema_has_only_known_keywords():
     """Catches YAML flow-mapping slips (an unquoted comma in a description makes a stray key)."""
-    from atlib.spec.config import load_schema
+    from atlib.spec.schema import load_schema
 
     known = {"type", "default", "description", "enum", "minimum", "maximum", "exclusiveMinimum", "items",
              "minItems", "properties", "additionalProperties", "required", "$ref", "minProperties", "title",
@@ -321,7 +314,8 @@ def test_source_model_entries_are_checked(entry, arch, expect):
 
 
 def test_imported_foreign_arch_plans_and_missing_files_are_named(tmp_path):
-    from atlib.spec.config import missing_source_files, pretrained_entry
+    from atlib.spec.config import missing_source_files
+    from atlib.spec.grid import pretrained_entry
 
     entry = {"kind": "robustbench", "name": "Standard", "model_dir": str(tmp_path)}
     cfg = with_import(entry, "wrn28_10")
@@ -334,3 +328,18 @@ def test_imported_foreign_arch_plans_and_missing_files_are_named(tmp_path):
         "allow_download: true" in msg
     cfg["source_models"]["m"]["allow_download"] = True
     assert missing_source_files(cfg) == []
+
+
+def test_defaults_are_filled_as_copies():
+    from atlib.spec.schema import validate_config
+
+    def config() -> dict:
+        return {"experiments": {e: {"source": "s", "arch": "resnet8", "eps": [0]} for e in ("x", "y")}}
+
+    a = validate_config(config())
+    assert a["experiments"]["x"]["targets"] == [] and a["experiments"]["x"]["modes"]
+    assert a["experiments"]["x"]["targets"] is not a["experiments"]["y"]["targets"]
+    a["experiments"]["x"]["targets"].append("t")
+    a["fisher"]["budget_factors"].append(1e9)
+    b = validate_config(config())  # the schema's defaults are untouched
+    assert b["experiments"]["x"]["targets"] == [] and 1e9 not in b["fisher"]["budget_factors"]

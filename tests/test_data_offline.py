@@ -226,7 +226,8 @@ def test_blur_smooths_more_with_larger_sigma():
 
 
 def test_ladder_level_prepares_from_digits(tmp_path):
-    from atlib.spec.config import check_config, ladder_levels
+    from atlib.spec.config import check_config
+    from atlib.spec.grid import ladder_levels
 
     cfg = check_config({"ladders": {"drot": {"base": "digits", "transform": "rotate", "strengths": [10, 45, 90],
                                              "classes": [3, 1], "max_train": 40, "max_test": 20}},

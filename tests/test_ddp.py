@@ -8,15 +8,17 @@ import pandas as pd
 import torch
 
 from atlib.models.checkpoint import safe_load
+from atlib.spec.settings import TrainSchedule
 from atlib.train.distributed import DistEnv, shard_span
 from atlib.train.source import train_source
 
 # fp32, no channels_last: the comparison is about the algorithm, not bf16 rounding. The
 # attack has no random start (ranks draw independent noise); augmentation is on, drawn for
 # the global batch. 60 images / batch 16: the last global batch (12) splits 6/6.
-SCHED = {"epochs": 2, "batch_size": 16, "lr": 0.05, "lr_schedule": "cosine", "bf16": False, "channels_last": False,
-         "attack": {"steps": 2, "random_start": False}, "augment": {"crop_pad": 1, "flip": True},
-         "evaluation": {"eps": [0.5], "steps": 2, "max_images": 8}}
+SCHED = TrainSchedule.from_config({
+    "epochs": 2, "batch_size": 16, "lr": 0.05, "lr_schedule": "cosine", "bf16": False, "channels_last": False,
+    "attack": {"steps": 2, "random_start": False}, "augment": {"crop_pad": 1, "flip": True},
+    "evaluation": {"eps": [0.5], "steps": 2, "max_images": 8}})
 
 
 def test_shard_span_covers_the_batch():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import preempt_after
 
 from atlib.train import resume
 from atlib.train.epochs import EpochRunner, Sums
@@ -45,7 +46,8 @@ class ToyJob:
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
-        return torch.tensor(sums.pack(loss=float(loss.detach()) * len(idx), images=len(idx)), dtype=torch.float64), False
+        step = torch.tensor(sums.pack(loss=float(loss.detach()) * len(idx), images=len(idx)), dtype=torch.float64)
+        return step, stop is not None
 
     def end_epoch(self, sums):
         return {"train_loss": float(sums["loss"] / sums["images"])}
@@ -80,9 +82,10 @@ def test_sums_are_named_and_complete():
 
 def test_stop_and_resume_gives_the_same_weights_and_history(tmp_path):
     ref_job, ref = _run(tmp_path / "ref")
-    with pytest.raises(resume.Interrupted, match="test hook: stopped after epoch 1"):
-        _run(tmp_path / "cut", stop_after_epoch=1)
-    assert resume.load(tmp_path / "cut" / "resume", {"toy": 1})["epoch"] == 1
+    with pytest.raises(resume.Interrupted, match="SIGUSR1: stopped at epoch 2 step 1;"):
+        _run(tmp_path / "cut", on_epoch=preempt_after(1))
+    state = resume.load(tmp_path / "cut" / "resume", {"toy": 1})
+    assert (state["epoch"], state["step"]) == (1, 1)
     seen = []
     job, runner = _run(tmp_path / "cut", on_epoch=seen.append)
     assert torch.equal(job.model.weight, ref_job.model.weight) and torch.equal(job.model.bias, ref_job.model.bias)

@@ -29,7 +29,7 @@ from atlib.info.posterior import (
     weight_posterior,
 )
 from atlib.models.resnet import build_model
-from atlib.spec.config import section_defaults
+from atlib.spec.schema import section_defaults
 
 
 class TinyNet(nn.Module):

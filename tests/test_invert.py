@@ -9,18 +9,10 @@ import pytest
 import torch
 from conftest import save_tiny_model
 
-from atlib.info.invert import (
-    PSNR_CAP,
-    image_quality,
-    invert,
-    invert_report,
-    load_photos,
-    load_recon,
-    speedup_vs_plain,
-    steps_to_reach,
-)
+from atlib.info.invert import REACH_FRACTIONS, invert, invert_report, speedup_vs_plain, steps_to_reach
+from atlib.info.recon import PSNR_CAP, image_quality, load_photos, load_recon
 from atlib.models.resnet import build_model
-from atlib.spec.config import section_defaults
+from atlib.spec.schema import section_defaults
 
 
 @pytest.fixture
@@ -98,6 +90,25 @@ def test_speedup_and_steps_to_reach():
     assert out["plain_steps"] == 4 and out["steps"] == 2 and out["ratio"] == 2.0
     assert steps_to_reach(fast, 1.0) is None
     assert speedup_vs_plain(plain, [10, 9, 9])["ratio"] is None
+
+
+def test_summary_keys_do_not_depend_on_the_losses(tiny_prepared, tmp_path):
+    """The summary's keys become MLflow metric names: two runs whose losses differ (other images, other
+    start) have the same keys, steps_to_reach keyed by the fraction, the losses kept as values."""
+    from atlib.workflow.tracking.mapping import flatten
+
+    save_tiny_model(tmp_path / "model.pt", eps=0.0)
+    cfg = section_defaults({"n_images": 2, "photos": [], "steps": 3, "lr": 0.05, "sigma": 0.1}, "invert")
+    a, b = (invert_report(tmp_path / "model.pt", None, tiny_prepared, cfg, "plain", seed, tmp_path / str(seed),
+                          device="cpu") for seed in (1, 2))
+    assert a["initial_loss"] != b["initial_loss"]
+    assert set(flatten(a)) == set(flatten(b))
+    assert set(a["steps_to_reach"]) == set(a["reach_loss"]) == {"0.5", "0.2", "0.1", "0.05", "0.02", "0.01"}
+    for seed, s in ((1, a), (2, b)):
+        assert s["reach_loss"] == pytest.approx({f"{f:g}": s["initial_loss"] * f for f in REACH_FRACTIONS})
+        curve = pd.read_csv(tmp_path / str(seed) / "curve.csv")["loss"]
+        assert [s["steps_to_reach"][k] for k in s["reach_loss"]] == [
+            steps_to_reach(curve, level) for level in s["reach_loss"].values()]
 
 
 def test_invert_report(tiny_prepared, tmp_path):

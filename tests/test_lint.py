@@ -4,6 +4,8 @@ files pass `snakefmt --check` and `snakemake --lint`, no function in atlib is ov
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -73,6 +75,42 @@ def _tool(name: str) -> str:
     if found is None:
         pytest.skip(f"{name} is not installed (pip install -e '.[test]' installs it)")
     return found
+
+
+# What a training or transfer job imports and builds: its modules, those of the analyses it may run and
+# what the scripts use around them (logs, live tracking, provenance), its typed schedules, the defaults
+# of the config sections it reads.
+JOB_CODE = """
+import importlib, json, pkgutil, sys
+import atlib.distance, atlib.info
+names = ["atlib.train.source", "atlib.transfer.finetune", "atlib.train.imported", "atlib.workflow.logs",
+         "atlib.workflow.tracking.live", "atlib.spec.provenance"]
+for pkg in (atlib.info, atlib.distance):
+    names += [m.name for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".")]
+for name in names:
+    importlib.import_module(name)
+from atlib.spec.schema import section_defaults
+from atlib.spec.settings import FinetuneSchedule, TrainSchedule
+TrainSchedule.from_config({"epochs": 1})
+FinetuneSchedule.from_config({"epochs": 1})
+section_defaults({"kind": "robustness", "file": "m.pt"}, "source_model")
+for section in ("fisher", "representation", "invert", "distance"):
+    section_defaults({}, section)
+print(json.dumps({"jobs": names, "loaded": sorted(sys.modules)}))
+"""
+
+
+def test_jobs_do_not_import_snakemake():
+    """Jobs run in envs/atlib.yaml, which has no Snakemake (NOT_IN_JOBS): nothing a job imports or
+    builds may load it."""
+    r = subprocess.run([sys.executable, "-c", JOB_CODE], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert {"atlib.info.fisher", "atlib.distance.measures"} <= set(out["jobs"])
+    assert {"atlib.train.source", "atlib.transfer.finetune", "jsonschema"} <= set(out["loaded"])
+    banned = [m for m in out["loaded"] if m.split(".")[0].replace("_", "-") in NOT_IN_JOBS]
+    assert not banned, banned
 
 
 def test_snakemake_files_are_formatted():

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from atlib.core import numerics
-from atlib.spec.config import ConfigError, check_config
+from atlib.spec.config import check_config
+from atlib.spec.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}

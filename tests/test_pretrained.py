@@ -13,6 +13,7 @@ import torch
 from atlib.data.store import sha256
 from atlib.models.checkpoint import CheckpointError, load_model
 from atlib.models.resnet import build_model
+from atlib.spec.settings import TrainSchedule
 from atlib.train.imported import import_source, load_pretrained
 from atlib.train.source import HISTORY_COLUMNS
 
@@ -86,7 +87,7 @@ def test_import_source_writes_the_three_outputs(tiny_prepared: Path, tmp_path: P
           if not k.startswith("normalize.")}
     torch.save({"model": sd}, tmp_path / "madry.pt")
     out = tmp_path / "models" / "tiny" / "resnet8" / "eps1" / "s0"
-    sched = {"evaluation": {"eps": [0.25], "steps": 2, "max_images": 10}}
+    sched = TrainSchedule.from_config({"evaluation": {"eps": [0.25], "steps": 2, "max_images": 10}})
     metrics = import_source({"kind": "robustness", "file": str(tmp_path / "madry.pt")}, tiny_prepared, out,
                             arch="resnet8", eps=1.0, seed=0, schedule=sched, threads=1)
     assert json.loads((out / "metrics.json").read_text()) == metrics

@@ -18,8 +18,11 @@ from conftest import save_tiny_model
 
 from atlib.data import DataIntegrityError, Index, Prepared, write_prepared
 from atlib.spec import provenance
-from atlib.spec.config import check_config, config_hash
-from atlib.transfer.finetune import TransferError, transfer
+from atlib.spec.config import check_config
+from atlib.spec.schema import config_hash
+from atlib.spec.settings import FinetuneSchedule
+from atlib.transfer.finetune import transfer
+from atlib.transfer.inputs import TransferError
 from atlib.workflow import demo, verify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +109,8 @@ def test_transfer_refuses_a_corrupt_target_before_training(tmp_path, tiny_prepar
     save_tiny_model(model)
     flip(tiny_prepared / "images.npy")
     with pytest.raises(TransferError, match="images.npy has sha256 .* but .*meta.json records"):
-        transfer(model, tiny_prepared, tmp_path / "out", mode=0, schedule={"epochs": 1}, seed=0)
+        transfer(model, tiny_prepared, tmp_path / "out", mode=0, schedule=FinetuneSchedule.from_config({"epochs": 1}),
+                 seed=0)
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 

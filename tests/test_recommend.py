@@ -16,8 +16,9 @@ import yaml
 
 from atlib.data import Prepared, prepare
 from atlib.data.folder import FolderError, check_folder, load_folder
-from atlib.report.stats import Prediction, clustered_prediction
-from atlib.spec.config import ConfigError, check_config
+from atlib.report.prediction import Prediction, clustered_prediction
+from atlib.spec.config import check_config
+from atlib.spec.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 LETTERS = "KLMNO"  # not the registry's A-J letters
@@ -196,7 +197,7 @@ def test_clustered_prediction_gives_no_number_without_three_base_sets():
 
 @pytest.fixture
 def tiny_setup(tmp_path):
-    from atlib.workflow.recommend import setup
+    from atlib.workflow.recommend_inputs import setup
 
     folder = letter_folder(tmp_path / "mine", n=4)
     s, _ = setup([str(ROOT / "tests/configs/tiny.yaml")], str(tmp_path / "results"), str(folder))

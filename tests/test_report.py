@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from atlib.info.invert import save_recon
+from atlib.info.recon import save_recon
 from atlib.report import aggregate, check_claims, inversion_table, load_results
 from atlib.report.claims import load_claims
 from atlib.report.stats import mean_test, verdict

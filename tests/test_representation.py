@@ -12,7 +12,7 @@ from conftest import save_tiny_model
 
 from atlib.info.representation import class_separation, extract_features, representation_report, tsne
 from atlib.models.resnet import build_model
-from atlib.spec.config import section_defaults
+from atlib.spec.schema import section_defaults
 
 
 def test_separation_orders_separable_above_random():
@@ -33,10 +33,21 @@ def test_separation_errors():
         class_separation(np.full((4, 2), np.nan), np.array([0, 0, 1, 1]))
 
 
-def test_tsne_is_seeded_and_caps_perplexity():
+def test_tsne_is_seeded_and_caps_perplexity(monkeypatch):
+    import sklearn.manifold
+
+    used, real = [], sklearn.manifold.TSNE
+
+    def recording_tsne(**kw):  # sklearn's TSNE, recording the perplexity it is given
+        used.append(kw["perplexity"])
+        return real(**kw)
+
+    monkeypatch.setattr(sklearn.manifold, "TSNE", recording_tsne)
     x = np.random.default_rng(0).normal(size=(20, 4))
     a, b = tsne(x, perplexity=50, seed=1), tsne(x, perplexity=50, seed=1)
     assert a.shape == (20, 2) and np.array_equal(a, b)
+    tsne(x, perplexity=5, seed=1)
+    assert used == [pytest.approx(19 / 3)] * 2 + [5]  # 50 >= 20 images: capped to (n - 1) / 3; 5 kept
 
 
 def test_extract_features_restores_mode():

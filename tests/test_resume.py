@@ -1,4 +1,4 @@
-"""Resumable training: bit-identical resume after a hook stop, SIGKILL and SIGTERM; refused states."""
+"""Resumable training: bit-identical resume after SIGUSR1, SIGKILL and SIGTERM; refused states."""
 
 from __future__ import annotations
 
@@ -14,16 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import preempt_after
 
 from atlib.models.checkpoint import CheckpointError, safe_load
+from atlib.spec.settings import TrainSchedule
 from atlib.train import resume
 from atlib.train.source import train_source
 
 ROOT = Path(__file__).resolve().parent.parent
 # Adversarial, augmented, step schedule (its Counter milestones), momentum: everything resume must carry.
-SCHED = {"epochs": 3, "batch_size": 16, "lr": 0.05, "lr_schedule": "step", "milestones": [1, 2],
+SCHED_ENTRY = {"epochs": 3, "batch_size": 16, "lr": 0.05, "lr_schedule": "step", "milestones": [1, 2],
          "attack": {"steps": 2}, "augment": {"crop_pad": 1, "flip": True},
          "evaluation": {"eps": [0.5], "steps": 2, "max_images": 8}}
+SCHED = TrainSchedule.from_config(SCHED_ENTRY)
 ARGS = dict(arch="resnet8", width=0.0625, eps=0.5, seed=7, threads=1)
 
 
@@ -45,11 +48,12 @@ def reference(tiny_prepared: Path, tmp_path: Path) -> Path:
     return out
 
 
-def test_stop_and_resume_is_bit_identical(tiny_prepared: Path, tmp_path: Path, reference: Path):
+def test_sigusr1_then_resume_is_bit_identical(tiny_prepared: Path, tmp_path: Path, reference: Path):
     out = tmp_path / "stopped"
-    with pytest.raises(resume.Interrupted):
-        train_source(tiny_prepared, out, schedule=SCHED, _stop_after_epoch=1, **ARGS)
-    assert (out / "resume" / "state.pt").exists() and not (out / "model.pt").exists()
+    with pytest.raises(resume.Interrupted, match="SIGUSR1: stopped at epoch 2 step 1;"):
+        train_source(tiny_prepared, out, schedule=SCHED, on_epoch=preempt_after(1), **ARGS)
+    state = resume.load(out / "resume")
+    assert (state["epoch"], state["step"]) == (1, 1) and not (out / "model.pt").exists()
     train_source(tiny_prepared, out, schedule=SCHED, **ARGS)
     _assert_identical(reference, out)
     assert not (out / "resume").exists()
@@ -59,13 +63,15 @@ def _slow_run(tiny_prepared: Path, out: Path) -> subprocess.Popen:
     """train_source in a child process whose steps are slowed down (so a signal lands mid-epoch)."""
     code = textwrap.dedent(f"""
         import time
+        from atlib.spec.settings import TrainSchedule
         from atlib.train import source as train
         forward = train.Objective.forward
         def slow(self, x, y):
             time.sleep(0.15)
             return forward(self, x, y)
         train.Objective.forward = slow
-        train.train_source({str(tiny_prepared)!r}, {str(out)!r}, schedule={SCHED!r}, **{ARGS!r})
+        train.train_source({str(tiny_prepared)!r}, {str(out)!r}, schedule=TrainSchedule.from_config({SCHED_ENTRY!r}),
+                           **{ARGS!r})
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ import torch
 
 from atlib.core.intervals import accuracy_interval, paired_difference_interval, wilson_interval
 from atlib.models.resnet import build_model
-from atlib.spec.config import schedule_defaults
+from atlib.spec.schema import schedule_defaults
 from atlib.train import robust_eval
 from atlib.train.robust_eval import autoattack_accuracy, paired_table
 
@@ -138,6 +138,7 @@ def test_resumes_from_the_chunks_already_attacked(model_and_data, tmp_path, monk
 
 
 def test_source_and_transfer_metrics_label_both_attacks(tiny_prepared, tmp_path):
+    from atlib.spec.settings import FinetuneSchedule, TrainSchedule
     from atlib.train.source import train_source
     from atlib.transfer.finetune import transfer
 
@@ -145,14 +146,16 @@ def test_source_and_transfer_metrics_label_both_attacks(tiny_prepared, tmp_path)
           "autoattack": {"version": "custom", "max_images": 6}}
     out = tmp_path / "models" / "tiny" / "resnet8" / "eps0.5" / "s0"
     m = train_source(tiny_prepared, out, arch="resnet8", width=0.125, eps=0.5, threads=1,
-                     schedule={"epochs": 1, "batch_size": 32, "bf16": False, "channels_last": False,
-                               "attack": {"steps": 1}, "evaluation": ev})
+                     schedule=TrainSchedule.from_config({"epochs": 1, "batch_size": 32, "bf16": False,
+                                                         "channels_last": False, "attack": {"steps": 1},
+                                                         "evaluation": ev}))
     assert m["attack_of_record"] == "autoattack" and set(m["autoattack_acc"]) == {"0.5"}
     assert m["autoattack"]["n_images"] == 6 and set(m["autoattack"]["pgd_acc_same_images"]) == {"0.5"}
     assert m["autoattack_acc_ci"]["0.5"]["n"] == 6 and m["pgd_acc_ci"]["0.5"]["n"] == 12
     assert sum(m["autoattack"]["paired"]["0.5"].values()) == 6
     assert json.loads((out / "metrics.json").read_text()) == m and not (out / "resume").exists()
     t = transfer(out / "model.pt", tiny_prepared, tmp_path / "t", mode=0, threads=1,
-                 schedule={"epochs": 1, "batch_size": 32, "bf16": False, "channels_last": False, "evaluation": ev})
+                 schedule=FinetuneSchedule.from_config({"epochs": 1, "batch_size": 32, "bf16": False,
+                                                        "channels_last": False, "evaluation": ev}))
     assert t["attack_of_record"] == "autoattack" and t["autoattack"]["attacks"] == ["apgd-ce"]  # 3 classes
     assert t["autoattack"]["n_images"] == 6 and 0 <= t["autoattack_acc"]["0.5"] <= 100

@@ -9,7 +9,16 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from atlib.report.reference import COLUMNS, LAYOUT, compare, config_identity, reference_frame
+from atlib.report.reference import (
+    CHECK_COLUMNS,
+    COLUMNS,
+    LAYOUT,
+    check_frame,
+    compare,
+    config_identity,
+    crosscheck_summary,
+    reference_frame,
+)
 from atlib.report.stability import Draw, resample, seed_draws, stability
 from atlib.report.stats import (
     Nested,
@@ -225,6 +234,46 @@ def test_reference_of_another_config_or_layout_is_named_not_compared(demo_config
     assert not lines and "another layout" in warnings[0] and "stability" in warnings[0]
 
 
+def test_check_frame_and_its_summary_count_a_planted_difference(demo_config):
+    ref = reference_frame(_claims(["holds", "inconclusive", "holds"], [1.0, 1.0, 0.5]), "machine A", demo_config)
+    run = _claims(["holds", "holds", "inconclusive"], [1.0, 0.9, 1.0])
+    check = check_frame(run, ref, "machine B (x86)", 612.0, 2783.0)
+    assert list(check.columns) == CHECK_COLUMNS
+    assert check["same"].tolist() == [True, False, False]
+    line = crosscheck_summary(check)
+    assert line.startswith("machine B (x86): the same verdict on 1 of 3 claims (1 of 2 the reference calls stable)")
+    assert "different: claim 2, claim 3" in line and "612 s" in line and "2.78 GB" in line
+
+
+def test_a_crosscheck_is_kept_per_machine_and_shown_in_the_readme(demo_config, tmp_path):
+    """`make demo-crosscheck`: the check lands under crosscheck/ and in the README's generated block;
+    a check against another reference, or from the reference's own machine, is refused."""
+    from atlib.report.reference import BEGIN, END, record_crosscheck
+
+    into = tmp_path / "bench"
+    into.mkdir()
+    ref = reference_frame(_claims(["holds", "inconclusive"], [1.0, 1.0]), "machine A", demo_config)
+    ref.to_csv(into / "demo_claims.csv", index=False)
+    (into / "demo.json").write_text('{"wall_s": 700, "peak_rss_mb": 2800}')
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN}\nold\n{END}\nrest\n")
+    check = tmp_path / "reference_check.csv"
+    check_frame(_claims(["holds", "holds"], [1.0, 1.0]), ref, "machine A", 1.0, 1.0).to_csv(check, index=False)
+    with pytest.raises(ValueError, match="reference's own machine"):
+        record_crosscheck(check, into, readme)
+    check_frame(_claims(["holds", "holds"], [1.0, 1.0]), ref, "Xeon (x86) B", 600.0, 2700.0).to_csv(check, index=False)
+    dest = record_crosscheck(check, into, readme)
+    assert dest.parent == into / "crosscheck" and dest.name.startswith("xeon-")
+    text = readme.read_text()
+    assert "Xeon (x86) B: the same verdict on 1 of 2 claims (1 of 2 the reference calls stable); different: claim 2" \
+        in text and text.startswith("intro\n") and text.endswith(f"{END}\nrest\n")
+    reference_frame(_claims(["holds", "inconclusive"], [1.0, 1.0]), "machine A",
+                    [str(demo_config[0]), str(demo_config[0])]).assign(config_hash="other").to_csv(
+                        into / "demo_claims.csv", index=False)
+    with pytest.raises(ValueError, match="another reference"):
+        record_crosscheck(check, into, readme)
+
+
 def test_config_identity_ignores_the_results_directory(tmp_path):
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("results: r1\nseeds: [0, 1]\n")
@@ -247,9 +296,10 @@ def test_readme_table_is_the_committed_reference():
     text = (root / "README.md").read_text()
     block = text[text.index(BEGIN):text.index(END) + len(END)]
     claims = load_claims()
+    checks = [pd.read_csv(f) for f in sorted((root / "benchmarks/results/crosscheck").glob("*.csv"))]
     made = readme_block(pd.read_csv(root / "benchmarks/results/demo_claims.csv"),
                         json.loads((root / "benchmarks/results/demo.json").read_text()),
-                        dict(zip(claims["claim"], claims["statement"])))
+                        dict(zip(claims["claim"], claims["statement"])), checks)
     assert block == made
     ref = pd.read_csv(root / "benchmarks/results/demo_claims.csv")
     assert list(ref.columns) == COLUMNS and ref["stability"].notna().any()

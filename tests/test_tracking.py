@@ -16,7 +16,8 @@ import yaml
 from fixtures_results import DATA_SHA256, MODEL, T0, write, write_results
 
 from atlib.spec import jobs as job_model
-from atlib.spec.config import check_config, config_hash
+from atlib.spec.config import check_config
+from atlib.spec.schema import config_hash
 from atlib.workflow.tracking import ui
 from atlib.workflow.tracking.discovery import TRACKED, find_results, job_key
 from atlib.workflow.tracking.ingest import default_uri, ingest
@@ -356,14 +357,15 @@ def test_live_logging_streams_training_epochs(tiny_prepared, tmp_path):
     """A training job with tracking.live logs each epoch's history row to its run while it runs."""
     import mlflow
 
+    from atlib.spec.settings import TrainSchedule
     from atlib.train.source import train_source
     from atlib.workflow.tracking.live import live_for_job
 
     results = tmp_path / "results"
     out = results / "models" / "tiny" / "resnet8" / "eps0" / "s0"
     tracking = {"uri": None, "experiment": "live", "live": True}
-    sched = {"epochs": 2, "batch_size": 30, "lr": 0.05, "lr_schedule": "cosine", "bf16": False,
-             "evaluation": {"eps": [0.5], "steps": 1, "restarts": 1, "max_images": 10}}
+    sched = TrainSchedule.from_config({"epochs": 2, "batch_size": 30, "lr": 0.05, "lr_schedule": "cosine", "bf16": False,
+                                       "evaluation": {"eps": [0.5], "steps": 1, "restarts": 1, "max_images": 10}})
     with live_for_job(tracking, results, out / "metrics.json", "train_source", {"eps": "0"}) as live:
         train_source(tiny_prepared, out, arch="resnet8", width=0.125, eps=0.0, seed=0, schedule=sched,
                      on_epoch=lambda row: live.log_metrics(row, step=int(row["epoch"])))

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from conftest import preempt_after
 
 from atlib.models.checkpoint import load_model
 from atlib.models.resnet import weight_norm
-from atlib.spec.config import ConfigError, schedule_defaults
+from atlib.spec.schema import ConfigError, load_schema
+from atlib.spec.settings import FinetuneSchedule, TrainSchedule
 from atlib.train import source as train_mod
 from atlib.train.augment import augment_batch, is_random, random_crop, random_flip
 from atlib.train.source import HISTORY_COLUMNS, TrainingError, train_source
@@ -21,11 +23,11 @@ METRIC_KEYS = {"natural_acc", "natural_acc_ci", "pgd_acc", "pgd_acc_ci", "attack
                "train_time_s", "eps", "source", "arch", "seed"}
 
 
-def tiny_schedule(**over) -> dict:
+def tiny_schedule(**over) -> TrainSchedule:
     sched = {"epochs": 2, "batch_size": 16, "lr": 0.05, "lr_schedule": "cosine", "attack": {"steps": 2},
              "evaluation": {"eps": [0.25, 0.5], "steps": 3, "max_images": 12}, "augment": {"crop_pad": 1, "flip": True}}
     sched.update(over)
-    return sched
+    return TrainSchedule.from_config(sched)
 
 
 @pytest.mark.parametrize("eps,objective,norm", [(0.0, "madry", "l2"), (0.5, "madry", "l2"), (0.5, "trades", "l2"),
@@ -71,13 +73,13 @@ def test_gaussian_objective_one_noisy_forward():
     x + noise of norm ~eps, fresh at each step."""
     from atlib.models.resnet import build_model
 
-    sched = schedule_defaults(tiny_schedule(objective="gaussian"))
+    sched = tiny_schedule(objective="gaussian")
     x, y = torch.rand(6, 1, 8, 8) * 0.2 + 0.4, torch.arange(6) % 3
     counts = {}
     for objective in ("gaussian", "madry"):
         torch.manual_seed(0)
         net = _Counting(build_model("resnet8", 3, 1, width=0.0625))
-        obj = train_mod.Objective(net, 1.0, {**sched, "objective": objective})
+        obj = train_mod.Objective(net, 1.0, dataclasses.replace(sched, objective=objective))
         losses, logits, nat = obj(x, y)
         counts[objective] = len(net.inputs)
         if objective == "gaussian":
@@ -97,8 +99,9 @@ def test_gaussian_training_resumes_bit_identically(tiny_prepared: Path, tmp_path
     sched = tiny_schedule(objective="gaussian", epochs=3)
     args = dict(arch="resnet8", width=0.0625, eps=1.0, seed=4, schedule=sched, threads=1)
     train_source(tiny_prepared, tmp_path / "ref", **args)
-    with pytest.raises(resume.Interrupted):
-        train_source(tiny_prepared, tmp_path / "cut", _stop_after_epoch=1, **args)
+    with pytest.raises(resume.Interrupted, match="SIGUSR1"):
+        train_source(tiny_prepared, tmp_path / "cut", on_epoch=preempt_after(1), **args)
+    assert resume.load(tmp_path / "cut" / "resume")["epoch"] == 1
     train_source(tiny_prepared, tmp_path / "cut", **args)
     ref, cut = safe_load(tmp_path / "ref" / "model.pt"), safe_load(tmp_path / "cut" / "model.pt")
     assert all(torch.equal(ref["state_dict"][k], cut["state_dict"][k]) for k in ref["state_dict"])
@@ -135,11 +138,29 @@ def test_nan_loss_stops_naming_epoch_and_step(tiny_prepared: Path, tmp_path: Pat
 
 
 def test_schedule_defaults_fill_and_refuse():
-    s = schedule_defaults({"epochs": 3})
-    assert s["epochs"] == 3 and s["attack"]["steps"] == 7 and s["evaluation"]["restarts"] == 1
-    assert s["objective"] == "madry" and s["augment"] == {"crop_pad": 0, "flip": False}
-    with pytest.raises(ConfigError, match="attack"):
-        schedule_defaults({"attack": {"norm": "l3"}})
+    s = TrainSchedule.from_config({"epochs": 3})
+    assert s.epochs == 3 and s.attack["steps"] == 7 and s.evaluation["restarts"] == 1 and s.milestones == (50, 100)
+    assert s.objective == "madry" and s.augment == {"crop_pad": 0, "flip": False}
+    assert s.evaluation is not TrainSchedule.from_config({"epochs": 3}).evaluation  # each its own copy
+    with pytest.raises(ConfigError, match=r"train_schedule error at attack\.norm"):
+        TrainSchedule.from_config({"attack": {"norm": "l3"}})
+    with pytest.raises(ConfigError, match=r"finetune_schedule error: unknown key\(s\) 'objective', 'stpes'"):
+        FinetuneSchedule.from_config({"stpes": 3, "objective": "madry"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.epochs = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("cls", [TrainSchedule, FinetuneSchedule])
+def test_schedule_fields_are_the_schemas_keys_with_its_defaults(cls):
+    schema = load_schema()["$defs"][cls.KIND]["properties"]
+    assert sorted(f.name for f in dataclasses.fields(cls)) == sorted(schema)
+    filled = cls.from_config()
+    for key, spec in schema.items():
+        got, want = getattr(filled, key), spec["default"]
+        if want == {}:  # a section (attack, augment, evaluation): its own keys' defaults
+            assert isinstance(got, dict) and got, key
+        else:
+            assert got == (tuple(want) if key == "milestones" else want), key
 
 
 def test_random_crop_and_flip():
@@ -163,6 +184,12 @@ def test_random_crop_and_flip():
 
 
 def test_augment_channels_last():
-    x = torch.rand(3, 3, 6, 6).contiguous(memory_format=torch.channels_last)
-    y = augment_batch(x, {"crop_pad": 2, "flip": True}, torch.Generator().manual_seed(0))
-    assert y.shape == x.shape and math.isfinite(float(y.sum()))
+    """A channels_last batch comes back channels_last, with the images of the contiguous batch."""
+    cl = torch.channels_last
+    x = torch.rand(3, 3, 6, 6)
+    for spec in ({"crop_pad": 2, "flip": True}, {"crop_pad": 2}, {"flip": True}):
+        y = augment_batch(x.contiguous(memory_format=cl), spec, torch.Generator().manual_seed(0))
+        plain = augment_batch(x, spec, torch.Generator().manual_seed(0))
+        assert y.is_contiguous(memory_format=cl) and not y.is_contiguous(), spec
+        assert plain.is_contiguous() and not plain.is_contiguous(memory_format=cl), spec  # the check tells them apart
+        assert torch.equal(y, plain), spec

@@ -10,32 +10,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import preempt_after
 from torch import nn
 
 from atlib.data import Arrays, write_prepared
 from atlib.models.adapter import tail_split
 from atlib.models.checkpoint import load_model, save_model
 from atlib.models.resnet import build_model
+from atlib.spec.settings import FinetuneSchedule
 from atlib.train import resume
-from atlib.transfer.finetune import (
-    HISTORY_COLUMNS,
-    TransferError,
-    freeze_for_mode,
-    new_head,
-    set_train_mode,
-    transfer,
-    use_cache,
-)
+from atlib.transfer.cache import use_cache
+from atlib.transfer.finetune import HISTORY_COLUMNS, transfer
+from atlib.transfer.inputs import TransferError, parse_model_key
+from atlib.transfer.modes import freeze_for_mode, new_head, set_train_mode
 
 METRIC_KEYS = {"top1", "top1_ci", "pgd_acc", "pgd_acc_ci", "attack_of_record", "mode", "target", "source_model",
                "eps", "seed", "epochs", "cached", "train_time_s"}
 KEY = "src/resnet8/eps1/s0"
 
 
-def schedule(**kw) -> dict:
+def schedule(**kw) -> FinetuneSchedule:
     base = {"epochs": 2, "batch_size": 16, "lr": 0.05, "lr_schedule": "cosine", "bf16": False,
             "channels_last": False, "evaluation": {"eps": [0.5], "steps": 1, "max_images": 8}}
-    return {**base, **kw}
+    return FinetuneSchedule.from_config({**base, **kw})
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> None:
@@ -173,12 +170,12 @@ def test_cached_and_plain_paths_agree(tmp_path, setup):
 
 def test_cache_policy():
     aug = {"crop_pad": 2, "flip": False}
-    assert use_cache(0, {"cache_features": "auto", "augment": {"crop_pad": 0, "flip": False}})
-    assert not use_cache(0, {"cache_features": "auto", "augment": aug})
-    assert not use_cache(0, {"cache_features": "never", "augment": {"crop_pad": 0, "flip": False}})
-    assert not use_cache(1, {"cache_features": "always", "augment": aug})  # a mode-0 path only
+    assert use_cache(0, schedule(cache_features="auto", augment={"crop_pad": 0, "flip": False}))
+    assert not use_cache(0, schedule(cache_features="auto", augment=aug))
+    assert not use_cache(0, schedule(cache_features="never", augment={"crop_pad": 0, "flip": False}))
+    assert not use_cache(1, schedule(cache_features="always", augment=aug))  # a mode-0 path only
     with pytest.raises(TransferError, match="augment"):
-        use_cache(0, {"cache_features": "always", "augment": aug})
+        use_cache(0, schedule(cache_features="always", augment=aug))
 
 
 def test_outputs_and_metric_keys(tmp_path, setup):
@@ -216,36 +213,30 @@ def test_gray_target_feeds_an_rgb_model(tmp_path):
     assert m["cached"]
 
 
-class _StopAfter(resume.GracefulExit):
-    """A GracefulExit that reports a signal at its k-th poll (one poll per training step)."""
+class _Killed(Exception):
+    """What the job sees of a kill between an epoch's end and its checkpoint."""
 
-    def __init__(self, k: int) -> None:
-        super().__init__()
-        self.k, self.polls = k, 0
 
-    @property
-    def requested(self):
-        self.polls += 1
-        return "SIGUSR1" if self.polls >= self.k else None
+def _killed_after(epoch: int):
+    def hook(row: dict) -> None:
+        if row["epoch"] == epoch:
+            raise _Killed
 
-    @requested.setter
-    def requested(self, value) -> None:
-        pass
+    return hook
 
 
 @pytest.mark.parametrize("mode,cache", [(0, "always"), (2, "never")])
-def test_resume_gives_identical_weights(tmp_path, setup, monkeypatch, mode, cache):
+def test_resume_gives_identical_weights(tmp_path, setup, mode, cache):
     src, tgt = setup
     sched = schedule(epochs=3, cache_features=cache, augment={"flip": cache == "never"})
     ref = transfer(src, tgt, tmp_path / "ref", mode=mode, seed=5, schedule=sched, save_model_to=tmp_path / "ref.pt")
     out = tmp_path / "run"
-    with pytest.raises(resume.Interrupted, match="test hook"):  # at an epoch boundary
-        transfer(src, tgt, out, mode=mode, seed=5, schedule=sched, _stop_after_epoch=1)
-    assert (out / "resume" / "state.pt").exists() and not (out / "metrics.json").exists()
-    monkeypatch.setattr(resume, "GracefulExit", lambda: _StopAfter(2))  # mid-epoch, as on SIGUSR1
-    with pytest.raises(resume.Interrupted, match="SIGUSR1"):
-        transfer(src, tgt, out, mode=mode, seed=5, schedule=sched)
-    monkeypatch.undo()
+    with pytest.raises(_Killed):  # epoch 2 trained but not saved: the rerun starts from epoch 1's checkpoint
+        transfer(src, tgt, out, mode=mode, seed=5, schedule=sched, on_epoch=_killed_after(2))
+    state = resume.load(out / "resume")
+    assert (state["epoch"], state["step"]) == (1, 0) and not (out / "metrics.json").exists()
+    with pytest.raises(resume.Interrupted, match="SIGUSR1: stopped at epoch 3 step 1;"):  # mid-epoch
+        transfer(src, tgt, out, mode=mode, seed=5, schedule=sched, on_epoch=preempt_after(2))
     got = transfer(src, tgt, out, mode=mode, seed=5, schedule=sched, save_model_to=tmp_path / "got.pt")
     a, _ = load_model(tmp_path / "ref.pt")
     b, _ = load_model(tmp_path / "got.pt")
@@ -259,7 +250,7 @@ def test_resume_gives_identical_weights(tmp_path, setup, monkeypatch, mode, cach
 
 def test_cache_too_large_falls_back_or_fails(tmp_path, setup, monkeypatch):
     src, tgt = setup
-    monkeypatch.setattr("atlib.transfer.finetune.cache_nbytes", lambda *a, **k: 2**40)
+    monkeypatch.setattr("atlib.transfer.cache.cache_nbytes", lambda *a, **k: 2**40)
     m = transfer(src, tgt, tmp_path / "auto", mode=0, schedule=schedule(epochs=1, cache_max_mb=100))
     assert m["cached"] is False
     with pytest.raises(TransferError, match="cache_max_mb"):
@@ -267,8 +258,6 @@ def test_cache_too_large_falls_back_or_fails(tmp_path, setup, monkeypatch):
 
 
 def test_parse_model_key_reads_both_path_tags():
-    from atlib.transfer.finetune import parse_model_key
-
     assert parse_model_key("r/models/src/resnet8/eps0.5/s1/model.pt") == ("src/resnet8/eps0.5/s1", "resnet8", 0.5)
     assert parse_model_key("r/models/src/resnet8/gn1/s0/model.pt") == ("src/resnet8/gn1/s0", "resnet8", 1.0)
     assert parse_model_key("x", "src/resnet8/gn0.25/s2") == ("src/resnet8/gn0.25/s2", "resnet8", 0.25)

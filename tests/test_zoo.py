@@ -25,6 +25,7 @@ from atlib.data.store import sha256
 from atlib.models.adapter import Adapted, import_robustbench
 from atlib.models.checkpoint import CheckpointError, load_model
 from atlib.models.resnet import NORMALIZATION
+from atlib.spec.settings import FinetuneSchedule, TrainSchedule
 from atlib.train.imported import import_source, load_source
 from atlib.transfer.finetune import transfer
 
@@ -226,13 +227,14 @@ def test_imported_models_transfer_in_every_mode(tmp_path, zoo, kind):
         _, entry = owner_robustness(tmp_path)
     arch = "resnet18" if kind == "robustness" else kind
     out = tmp_path / "models" / "src" / arch / "eps1" / "s0"
-    m = import_source(entry, cifar_like(tmp_path, "src", 10), out, arch=arch, eps=1.0, seed=0, schedule=FAST,
-                      threads=1)
+    m = import_source(entry, cifar_like(tmp_path, "src", 10), out, arch=arch, eps=1.0, seed=0,
+                      schedule=TrainSchedule.from_config(FAST), threads=1)
     assert set(m["pgd_acc"]) == {"0.5"}
     model, meta = load_model(out / "model.pt", expect_arch=arch)
     assert meta["imported"]["sha256"] == sha256(Path(meta["imported"]["file"]))
     target = cifar_like(tmp_path, "tgt", 3)
-    sched = {"epochs": 1, "batch_size": 12, "lr": 0.01, "bf16": False, "channels_last": False, **FAST}
+    sched = FinetuneSchedule.from_config({"epochs": 1, "batch_size": 12, "lr": 0.01, "bf16": False,
+                                          "channels_last": False, **FAST})
     for mode in (0, 1, 2):
         got = transfer(out / "model.pt", target, tmp_path / f"t{mode}", mode=mode, schedule=sched, threads=1)
         assert np.isfinite(got["top1"]) and got["cached"] == (mode == 0)

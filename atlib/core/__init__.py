@@ -1,4 +1,5 @@
-"""Shared ground every stage stands on: compat shims, the device and autocast runtime, numerics.
+"""Shared ground every stage stands on: compat shims, the device and autocast runtime, numerics,
+atomic file writes.
 
 Imports nothing from atlib.
 """

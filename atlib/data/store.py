@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atlib.core.io import atomic_write
 from atlib.data.registry import Arrays, Raw
 
 SPLITS = ("train", "test")
@@ -67,12 +68,6 @@ def hash_mismatches(root: Path, meta: dict) -> list[tuple[Path, str, str]]:
     return out
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
 def write_prepared(raw: Raw, out: Path, name: str, num_classes: int, image_size: int, channels: int,
                    source: str) -> dict:
     """Write `raw` to `out` in the uniform format and return its meta dict."""
@@ -85,8 +80,9 @@ def write_prepared(raw: Raw, out: Path, name: str, num_classes: int, image_size:
         if images.ndim == 3:
             images = images[..., None]
         labels = np.concatenate(ys).astype(np.int64)
-        _atomic_save(out / "images.npy", images)
-        _atomic_save(out / "labels.npy", labels)
+        for file, array in (("images.npy", images), ("labels.npy", labels)):
+            with atomic_write(out / file) as tmp:
+                np.save(tmp, array)
         sizes = {"train": len(raw.train_y), "test": len(raw.test_y)}
         counts = {s: np.bincount(y.astype(np.int64), minlength=num_classes).tolist() for s, y in zip(SPLITS, ys)}
         files = ["images.npy", "labels.npy"]

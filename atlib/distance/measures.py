@@ -23,8 +23,6 @@ rule `task_distance` combines the probe's source cache with a dataset's cache.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -37,6 +35,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
+from atlib.core.io import atomic_write
 from atlib.data import Prepared, adapt
 from atlib.data.tensors import split_dataset
 from atlib.info import representation
@@ -142,14 +141,11 @@ class FeatureSet:
 
     def save(self, path: str | Path) -> None:
         """Write the cache atomically (a killed job leaves no half-written file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         means, counts = self.class_means()
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-        np.savez(tmp, features=self.features.astype(np.float32), labels=self.labels, class_ids=self.classes,
-                 class_means=means, class_counts=counts, probe=self.probe, dataset=self.dataset,
-                 num_classes=self.num_classes)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            np.savez(tmp, features=self.features.astype(np.float32), labels=self.labels, class_ids=self.classes,
+                     class_means=means, class_counts=counts, probe=self.probe, dataset=self.dataset,
+                     num_classes=self.num_classes)
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureSet":
@@ -345,11 +341,3 @@ def task_distance(source: FeatureSet, target: FeatureSet, gamma: float, pca_dim:
     if embeddings is not None:
         record["task2vec"] = task2vec_distance(*embeddings)
     return record
-
-
-def write_json(record: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)

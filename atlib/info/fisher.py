@@ -18,7 +18,6 @@ one draw of Q* may cost to second order; `posterior.loss_under_noise` measures t
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from tqdm import tqdm
 
+from atlib.core.io import write_json_atomic
 from atlib.core.runtime import eval_mode
 from atlib.info.posterior import beta_from_budget, budget_sweep, check_finite, posterior_summary, weight_posterior
 from atlib.models.resnet import weight_norm
@@ -280,7 +280,7 @@ def fisher_report(model_path: str | Path, data_dir: str | Path, cfg_fisher: dict
     atomic_save({"fisher": fisher, "sigma": q["sigma"], "beta": q["beta"], "prior_var": q["prior_var"],
                  "loss_budget": float(budget), "kind": kind, "n_images": len(x), "eps": eps,
                  "model": str(model_path)}, out_dir / "fisher.pt")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out_dir / "summary.json", summary)
     log.info("budget %.3g nats: beta %.3g, measured loss increase %.3g, acc %.3f -> %.3f; kl_total %.4g, "
              "log_variance_mean %.4g, lambda1 %.4g, trace/n %.4g", budget, q["beta"],
              summary["posterior"]["loss_increase"], summary["posterior"]["clean_acc"],

@@ -7,7 +7,6 @@ accuracy of the features and their silhouette score with the class labels.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from atlib.core.io import write_json_atomic
 from atlib.core.runtime import eval_mode
 
 log = logging.getLogger("atlib")
@@ -139,6 +139,6 @@ def representation_report(model_path: str | Path, data_dir: str | Path, cfg_repr
     plot_tsne(emb, labels, f"t-SNE of features, eps={eps:g} (5-NN acc {sep['knn_acc']:.1f}%)",
               out_dir / "tsne.png", classes)
     summary = {"eps": eps, "knn_acc": sep["knn_acc"], "silhouette": sep["silhouette"], "n_images": len(x)}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out_dir / "summary.json", summary)
     log.info("knn_acc %.2f%%, silhouette %.4f", sep["knn_acc"], sep["silhouette"])
     return summary

@@ -7,12 +7,12 @@ with `torch.load(weights_only=True)`. `meta` has what is needed to rebuild the m
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from atlib.core.io import atomic_write
 from atlib.models.resnet import ResNet, build_model
 
 MODEL_META_KEYS = ("arch", "num_classes", "in_channels", "width", "normalization", "image_size")
@@ -23,12 +23,9 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """Save to a temporary file then rename: a killed job never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """`torch.save` through `atomic_write`: a killed job never leaves a partial file."""
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def safe_load(path: str | Path) -> dict:

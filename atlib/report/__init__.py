@@ -28,7 +28,7 @@ from atlib.report.robustness import robustness_display, robustness_finding, robu
 from atlib.report.stats import correlation_table, gap_frame, gap_summary
 from atlib.report.tables import html_page, markdown_table, write_all_tables
 from atlib.spec import jobs, provenance
-from atlib.spec.config import base_set
+from atlib.spec.grid import base_set
 
 __all__ = ["aggregate", "load_results", "expected_jobs", "Results", "check_claims", "paper_comparison",
            "correlation_table", "gap_frame", "gap_summary", "information_table", "inversion_table"]

@@ -5,6 +5,10 @@ One verdict rule for every line of evidence (`stats.verdict`, stated in `stats.R
 "inconclusive"; "not testable here" (with the reason) when the run has no data for the claim.
 Each claim returns a `Finding`: the verdict, its headline test (effect, interval, n, test) and
 the evidence lines behind it.
+
+One idea: one judge per claim of claims.md, each a short function over the same context (`Ctx`) and
+helpers (`_decide`, `_paired`), in the order of claims.md; split, the judges would be read apart from
+the claims table and the rule they share.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from atlib.report.stats import (
     mean_std,
     mean_test,
 )
-from atlib.spec.config import base_set, near_far
+from atlib.spec.grid import base_set, near_far
 
 CLAIMS_MD = Path(__file__).resolve().parent.parent / "reference" / "claims.md"
 ARCH_SIZE = {"resnet8": 0, "resnet18": 1, "resnet50": 2, "resnet50_imagenet": 2}

@@ -26,7 +26,7 @@ from atlib.report.stats import (  # noqa: E402
     mean_std,
     standard_distance,
 )
-from atlib.spec.config import base_set  # noqa: E402
+from atlib.spec.grid import base_set  # noqa: E402
 
 log = logging.getLogger("atlib.report")
 

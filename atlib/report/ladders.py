@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from atlib.report.figures import save  # noqa: E402
 from atlib.report.load import Results  # noqa: E402
 from atlib.report.stats import gap_frame, mean_test, standard_distance  # noqa: E402
-from atlib.spec.config import ladder_levels  # noqa: E402
+from atlib.spec.grid import ladder_levels  # noqa: E402
 
 COLS = ["source", "arch", "eps", "mode", "ladder", "level", "dataset", "strength", "emd", "gap", "gap_lo",
         "gap_hi", "n_seeds"]

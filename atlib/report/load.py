@@ -22,7 +22,7 @@ import pandas as pd
 
 from atlib.report.stats import DISTANCES
 from atlib.spec import jobs as job_model
-from atlib.spec.config import ModelKey, eps_str, probe_of
+from atlib.spec.grid import ModelKey, eps_str, probe_of
 from atlib.spec.jobs import Job
 
 log = logging.getLogger("atlib.report")
@@ -88,7 +88,7 @@ class Results:
     # One row per inverted image: KEY_COLS + method, image (index within the job), kind ("test" or
     # "photo"), psnr, ssim, final_loss (that image's clean loss at the last step).
     invert_images: pd.DataFrame = field(default_factory=lambda: _frame([], KEY_COLS + IMAGE_COLS))
-    # recon.npz contents by (source, arch, eps, seed, method), see atlib.info.invert.load_recon:
+    # recon.npz contents by (source, arch, eps, seed, method), see atlib.info.recon.load_recon:
     # float images `original`, `recon`; `photo` mask; `loss` (steps + 1, N) per-image curves.
     invert_recon: dict[tuple, dict] = field(default_factory=dict)
     # Every file read or looked for, relative to the results root (atlib.spec.jobs.report_inputs).
@@ -377,7 +377,7 @@ def _invert_image_rows(s: dict, cols: dict) -> list[dict]:
 
 
 def _recon(path: Path) -> dict:
-    from atlib.info.invert import load_recon
+    from atlib.info.recon import load_recon
 
     try:
         return load_recon(path)

@@ -5,6 +5,11 @@ stability) with the machine, the config and the layout it was made with. Floats 
 CPUs, so a run is compared with this committed reference, never with a remembered number: a
 different verdict on a claim the reference calls stable is a warning that names both machines.
 A reference of another layout or config is named as such and not compared.
+
+Each demo also writes its comparison as a table (`results/report/reference_check.csv`: per claim, both
+verdicts, this run's effect, interval and stability, both machines, the demo's time). `make
+demo-crosscheck` keeps that table under `benchmarks/results/crosscheck/`, one file per machine, and the
+README's table of record says, per machine, how many verdicts were the same.
 """
 
 from __future__ import annotations
@@ -12,14 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from atlib.report.claims import effect_text
 from atlib.report.stability import FRAGILE_BELOW, marker
-from atlib.spec.config import merge_files
+from atlib.spec.schema import merge_files
 
+CROSSCHECK_DIR = "crosscheck"  # beside demo_claims.csv: one check of the demo per other machine
 LAYOUT = 1  # the columns below; a reference of another layout is refused by name
 COLUMNS = ["claim", "verdict", "effect", "lo", "hi", "n", "unit", "stability", "machine", "config", "config_hash",
            "layout"]
@@ -45,40 +52,85 @@ def _stable(stability: float) -> bool:
     return math.isfinite(stability) and stability >= FRAGILE_BELOW
 
 
+def comparable(ref: pd.DataFrame, configs: list[str]) -> str | None:
+    """Why `ref` cannot be compared with a run of `configs` (another layout or config), or None."""
+    missing = [c for c in COLUMNS if c not in ref.columns]
+    if missing or int(ref["layout"].iloc[0]) != LAYOUT:
+        return (f"the reference has another layout (missing {', '.join(missing) or 'nothing'}, layout "
+                f"{ref['layout'].iloc[0] if 'layout' in ref else 'none'}; this version writes layout {LAYOUT}): "
+                "not compared; remake it with `make demo-reference`")
+    name, digest = config_identity(configs)
+    if ref["config_hash"].iloc[0] != digest:
+        return (f"reference made with config {ref['config'].iloc[0]} ({ref['config_hash'].iloc[0]}), this run "
+                f"used {name} ({digest}): not compared")
+    return None
+
+
+CHECK_COLUMNS = ["claim", "verdict", "ref_verdict", "same", "stability", "ref_stability", "effect", "lo", "hi",
+                 "n", "unit", "machine", "ref_machine", "config_hash", "wall_s", "peak_rss_mb"]
+
+
+def check_frame(run: pd.DataFrame, ref: pd.DataFrame, machine: str, wall_s: float = math.nan,
+                rss_mb: float = math.nan) -> pd.DataFrame:
+    """One row per claim of the reference (a comparable one): this run's verdict, stability, effect and
+    interval beside the reference's verdict and stability, `same`, both machines and the run's cost."""
+    mine = run.set_index("claim")
+    rows = []
+    for _, r in ref.iterrows():
+        c = int(r["claim"])
+        here = mine.loc[c] if c in mine.index else pd.Series(dtype=object)
+        rows.append({"claim": c, "verdict": here.get("verdict", "missing"), "ref_verdict": r["verdict"],
+                     "same": here.get("verdict") == r["verdict"], "stability": here.get("stability", math.nan),
+                     "ref_stability": r["stability"], "effect": here.get("effect", math.nan),
+                     "lo": here.get("lo", math.nan), "hi": here.get("hi", math.nan), "n": here.get("n", 0),
+                     "unit": here.get("unit", ""), "machine": machine, "ref_machine": r["machine"],
+                     "config_hash": r["config_hash"], "wall_s": wall_s, "peak_rss_mb": rss_mb})
+    return pd.DataFrame(rows, columns=CHECK_COLUMNS)
+
+
 def compare(run: pd.DataFrame, ref: pd.DataFrame, machine: str, configs: list[str]) -> tuple[list[str], list[str]]:
     """(one line per claim, warnings). run: this run's claims.csv; ref: demo_claims.csv.
 
     A claim whose verdict differs is a warning naming both machines when the reference marked it
     stable; where the reference marked it fragile, a difference is what fragile means, and said so."""
-    missing = [c for c in COLUMNS if c not in ref.columns]
-    if missing or int(ref["layout"].iloc[0]) != LAYOUT:
-        return [], [f"the reference has another layout (missing {', '.join(missing) or 'nothing'}, layout "
-                    f"{ref['layout'].iloc[0] if 'layout' in ref else 'none'}; this version writes layout {LAYOUT}): "
-                    "not compared; remake it with `make demo-reference`"]
-    name, digest = config_identity(configs)
-    if ref["config_hash"].iloc[0] != digest:
-        return [], [f"reference made with config {ref['config'].iloc[0]} ({ref['config_hash'].iloc[0]}), this run "
-                    f"used {name} ({digest}): not compared"]
-    theirs = ref["machine"].iloc[0]
+    why = comparable(ref, configs)
+    if why:
+        return [], [why]
     lines, warnings = [], []
-    mine = run.set_index("claim")
-    for _, r in ref.iterrows():
-        c = int(r["claim"])
-        if c not in mine.index:
+    for _, r in check_frame(run, ref, machine).iterrows():
+        c, now, was = int(r["claim"]), r["verdict"], r["ref_verdict"]
+        if now == "missing":
             warnings.append(f"claim {c}: in the reference, not in this run")
-            continue
-        now, ours = mine.loc[c, "verdict"], float(mine.loc[c, "stability"])
-        if now == r["verdict"]:
+        elif r["same"]:
             lines.append(f"claim {c:>2}: same verdict as the reference ({now})")
-            continue
-        text = (f"claim {c:>2}: {now} here, {r['verdict']} in the reference (stability here {ours:.2f}, "
-                f"reference {float(r['stability']):.2f})")
-        if _stable(float(r["stability"])):
-            warnings.append(f"{text}: the reference calls it stable; this machine: {machine}; reference "
-                            f"machine: {theirs}")
+        elif _stable(float(r["ref_stability"])):
+            warnings.append(f"claim {c:>2}: {now} here, {was} in the reference (stability here "
+                            f"{float(r['stability']):.2f}, reference {float(r['ref_stability']):.2f}): the reference "
+                            f"calls it stable; this machine: {machine}; reference machine: {r['ref_machine']}")
         else:
-            lines.append(f"{text}: the reference marks it fragile, so another draw may well differ")
+            lines.append(f"claim {c:>2}: {now} here, {was} in the reference (stability here "
+                         f"{float(r['stability']):.2f}, reference {float(r['ref_stability']):.2f}): the reference "
+                         "marks it fragile, so another draw may well differ")
     return lines, warnings
+
+
+def crosscheck_name(machine: str) -> str:
+    """A file name for a machine's check: its CPU model, slugged, and a short hash of the whole line."""
+    cpu = re.sub(r"[^a-z0-9]+", "-", machine.split("(")[0].lower()).strip("-") or "machine"
+    return f"{cpu}-{hashlib.sha256(machine.encode()).hexdigest()[:8]}.csv"
+
+
+def crosscheck_summary(check: pd.DataFrame) -> str:
+    """One line: the machine, how many verdicts matched the reference (all, and the ones it calls stable),
+    and the demo's time there."""
+    stable = check[check["ref_stability"].astype(float) >= FRAGILE_BELOW]
+    cost = (f"; workflow {float(check['wall_s'].iloc[0]):.0f} s, peak memory "
+            f"{float(check['peak_rss_mb'].iloc[0]) / 1000:.2f} GB" if math.isfinite(float(check["wall_s"].iloc[0]))
+            else "")
+    differ = ", ".join(f"claim {int(c)}" for c in check.loc[~check["same"].astype(bool), "claim"])
+    return (f"{check['machine'].iloc[0]}: the same verdict on {int(check['same'].sum())} of {len(check)} claims "
+            f"({int(stable['same'].sum())} of {len(stable)} the reference calls stable)"
+            + (f"; different: {differ}" if differ else "") + cost)
 
 
 BEGIN = "<!-- BEGIN demo-claims: generated by `python -m atlib.workflow.demo --measure` from benchmarks/results; do not edit -->"
@@ -91,9 +143,10 @@ def _stability(r: pd.Series) -> str:
     return f"**{m}**" if m.startswith("fragile") else m
 
 
-def readme_block(ref: pd.DataFrame, measured: dict, statements: dict[int, str]) -> str:
+def readme_block(ref: pd.DataFrame, measured: dict, statements: dict[int, str],
+                 checks: list[pd.DataFrame] = ()) -> str:
     """The README's table of record: the committed reference's verdicts, stability and effects, the
-    machine and the demo's time and memory."""
+    machine and the demo's time and memory; then each other machine's check against it."""
     lines = [BEGIN, "",
              f"Reference run: `{ref['config'].iloc[0]}` on {ref['machine'].iloc[0]}; workflow "
              f"{measured['wall_s']:.0f} s, peak memory {measured['peak_rss_mb'] / 1000:.2f} GB "
@@ -105,6 +158,10 @@ def readme_block(ref: pd.DataFrame, measured: dict, statements: dict[int, str]) 
                      f"{_stability(r)} | {effect_text(r)} | {n} |")
     if measured.get("robustness"):
         lines += ["", f"Robust accuracy of record (`robustness.md`): {measured['robustness']}"]
+    current = [c for c in checks if c["config_hash"].iloc[0] == ref["config_hash"].iloc[0]]
+    if current:
+        lines += ["", "The same demo on other machines (`benchmarks/results/crosscheck/`, `make demo-crosscheck`):", ""]
+        lines += [f"- {crosscheck_summary(c)}" for c in current]
     return "\n".join(lines + ["", END])
 
 
@@ -117,7 +174,41 @@ def sync_readme(readme: Path, reference: Path, measured: Path) -> bool:
     if BEGIN not in text or END not in text:
         raise ValueError(f"{readme}: no generated block ({BEGIN} ... {END})")
     statements = dict(zip(claims["claim"], claims["statement"]))
-    block = readme_block(pd.read_csv(reference), json.loads(measured.read_text()), statements)
+    checks = [pd.read_csv(f) for f in sorted((reference.parent / CROSSCHECK_DIR).glob("*.csv"))]
+    block = readme_block(pd.read_csv(reference), json.loads(measured.read_text()), statements, checks)
     new = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
     readme.write_text(new)
     return new != text
+
+
+def record_crosscheck(check_csv: Path, results_dir: Path, readme: Path) -> Path:
+    """Keep a run's `reference_check.csv` as `<results_dir>/crosscheck/<machine>.csv` and regenerate the
+    README's block; refuses a check made against another reference (config or layout)."""
+    check = pd.read_csv(check_csv)
+    ref = pd.read_csv(results_dir / "demo_claims.csv")
+    if check["config_hash"].iloc[0] != ref["config_hash"].iloc[0] or set(check["claim"]) != set(ref["claim"]):
+        raise ValueError(f"{check_csv} was made against another reference (config {check['config_hash'].iloc[0]}, "
+                         f"the committed one is {ref['config_hash'].iloc[0]}): rerun `make demo` first")
+    if (check["machine"] == check["ref_machine"]).all():
+        raise ValueError(f"{check_csv} was made on the reference's own machine: nothing to cross-check")
+    dest = results_dir / CROSSCHECK_DIR / crosscheck_name(check["machine"].iloc[0])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    check.to_csv(dest, index=False)
+    sync_readme(readme, results_dir / "demo_claims.csv", results_dir / "demo.json")
+    return dest
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Keep a demo's check against the reference (another machine's).")
+    ap.add_argument("check", type=Path, help="results/report/reference_check.csv of a finished `make demo`")
+    ap.add_argument("--into", type=Path, default=Path("benchmarks/results"), help="where demo_claims.csv lives")
+    ap.add_argument("--readme", type=Path, default=Path("README.md"))
+    args = ap.parse_args()
+    dest = record_crosscheck(args.check, args.into, args.readme)
+    print(f"kept {dest}; README's table of record updated:\n  {crosscheck_summary(pd.read_csv(dest))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from atlib.spec.config import ModelKey, experiment_objective, iter_models, probe_of, transfer_experiments
+from atlib.spec.grid import ModelKey, experiment_objective, iter_models, probe_of, transfer_experiments
 
-# {tag}: "eps" for standard and adversarial models, "gn" for Gaussian-noise ones (atlib.spec.config.ModelKey).
+# {tag}: "eps" for standard and adversarial models, "gn" for Gaussian-noise ones (atlib.spec.grid.ModelKey).
 MODEL_PATH = "{source}/{arch}/{tag}{eps}/s{seed}"
 # What each wildcard may match: Snakemake's wildcard_constraints and the ingest's path regexes.
 WILDCARDS = {
@@ -219,7 +219,7 @@ def objectives(config: dict) -> dict[ModelKey, str]:
 
 
 def transfers(config: dict) -> list[Job]:
-    """Every (model, target, mode) transfer, deduplicated (atlib.spec.config.transfer_experiments)."""
+    """Every (model, target, mode) transfer, deduplicated (atlib.spec.grid.transfer_experiments)."""
     keys = {k.path: k for _, k in iter_models(config)}
     return [Job(TRANSFER, keys[path], target=target, mode=mode)
             for path, target, mode in transfer_experiments(config)]

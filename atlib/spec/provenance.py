@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from atlib.core import numerics
+from atlib.core.io import write_text_atomic
 from atlib.data.store import sha256
-from atlib.spec.config import config_hash
 from atlib.spec.jobs import Job
+from atlib.spec.schema import config_hash
 
 NAME = "provenance.json"
 FORMAT = 1
@@ -113,9 +113,7 @@ def record(inputs: Iterable[str | Path], outputs: Iterable[str | Path], config: 
         "outputs": {rel(p, root): _hash(p) for p in outs},
     }
     dest = record_path(outs)
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text(json.dumps(rec, indent=1) + "\n")
-    os.replace(tmp, dest)  # a killed job leaves no half-written record
+    write_text_atomic(dest, json.dumps(rec, indent=1) + "\n")  # a killed job leaves no half-written record
     return dest
 
 

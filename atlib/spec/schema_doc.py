@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from atlib.spec.config import load_schema
+from atlib.spec.schema import load_schema
 
 BEGIN, END = "<!-- config-keys:begin -->", "<!-- config-keys:end -->"
 

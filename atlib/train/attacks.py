@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atlib.core.runtime import autocast, eval_mode, to_memory_format
-from atlib.spec.config import eps_str
+from atlib.spec.grid import eps_str
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

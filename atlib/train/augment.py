@@ -42,8 +42,10 @@ def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator | None = N
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
     idx = torch.arange(n, device=x.device)[:, None, None]
-    # Advanced indexing on dims 0, 2, 3 puts the channel dim last: (N, H, W, C).
-    return padded.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2).contiguous()
+    # Advanced indexing on dims 0, 2, 3 puts the channel dim last: (N, H, W, C); the result keeps
+    # the batch's memory layout (a channels_last batch stays channels_last).
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return padded.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2).contiguous(memory_format=fmt)
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None,

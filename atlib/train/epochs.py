@@ -97,7 +97,6 @@ class EpochRunner:
         check_every: steps between finite-loss checks (each one syncs a GPU).
         show_loss_every: steps between updates of the progress bar's loss (None: never).
         desc: the progress bar's label, before "epoch e/E".
-        stop_after_epoch: test hook, behave as if preempted after this many epochs.
     """
 
     out_dir: Path
@@ -117,7 +116,6 @@ class EpochRunner:
     show_loss_every: int | None = None
     desc: str = ""
     on_epoch: Callable[[dict[str, float]], None] | None = None
-    stop_after_epoch: int | None = None
     # the loop's position, what the resume state carries
     epoch: int = 0
     step: int = 0
@@ -202,7 +200,7 @@ class EpochRunner:
         bar.close()
 
     def _end_epoch(self, job: EpochJob, lr: float, t0: float) -> None:
-        """The history row, log line and hook (rank 0), then the checkpoint and the test hook."""
+        """The history row, log line and hook (rank 0), then the checkpoint."""
         record = {"epoch": self.epoch + 1, "lr": lr, **job.end_epoch(self.sums)}
         self._add_time(t0)
         record["time_s"] = self.epoch_time
@@ -213,12 +211,8 @@ class EpochRunner:
             if self.on_epoch is not None:
                 self.on_epoch(self.history[-1])
         self.epoch += 1
-        last = self.epoch == self.epochs
-        hook = self.stop_after_epoch is not None and self.epoch >= self.stop_after_epoch
-        if last or hook or self.epoch % self.checkpoint_every == 0:
+        if self.epoch == self.epochs or self.epoch % self.checkpoint_every == 0:
             self.save(job)
-        if hook and not last:
-            raise resume.Interrupted(f"test hook: stopped after epoch {self.epoch}; state saved in {self.resume_dir}")
 
     def _add_time(self, t0: float) -> None:
         self.epoch_time += time.time() - t0

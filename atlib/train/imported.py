@@ -41,7 +41,9 @@ from atlib.models.adapter import (
 )
 from atlib.models.checkpoint import CheckpointError
 from atlib.models.resnet import NORMALIZATION, ResNet, build_model, weight_norm
-from atlib.spec.config import eps_str, schedule_defaults, source_file
+from atlib.spec.grid import eps_str, source_file
+from atlib.spec.schema import section_defaults
+from atlib.spec.settings import TrainSchedule
 from atlib.train import resume
 from atlib.train.evaluation import evaluate_dataset, robust_metrics
 from atlib.train.source import HISTORY_COLUMNS, model_meta, write_outputs
@@ -275,7 +277,7 @@ def load_source(entry: dict[str, Any], arch: str, where: str, normalization: str
     Raises:
         CheckpointError: one message naming the file (or key), what was expected and the fix.
     """
-    entry = schedule_defaults(entry, "source_model")  # callers may pass only the keys that differ
+    entry = section_defaults(entry, "source_model")  # callers may pass only the keys that differ
     kind, path = entry["kind"], source_file(entry)
     # The declared hash is checked before anything is read; a downloaded file right after the download.
     digest = check_sha256(path, entry["sha256"], where) if path is not None and path.is_file() else None
@@ -330,7 +332,7 @@ def import_source(
     arch: str,
     eps: float,
     seed: int,
-    schedule: dict[str, Any] | None = None,
+    schedule: TrainSchedule | None = None,
     device: str | torch.device = "cpu",
     threads: int = 2,
     log: logging.Logger = logger,
@@ -348,8 +350,10 @@ def import_source(
     Args:
         entry: the source_models entry (missing keys take the schema defaults); `where` names it in
             messages.
+        schedule: the experiment's train schedule (its evaluation and attack norm); None: the schema's
+            defaults.
     """
-    sched = schedule_defaults(schedule)
+    sched = schedule or TrainSchedule.from_config()
     seed_everything(seed if rng_seed is None else rng_seed)
     set_threads(threads)
     dev = pick_device(str(device))
@@ -365,14 +369,14 @@ def import_source(
                               f"{prep.channels}; use a source dataset of the model's kind")
     t0 = time.time()
     test = split_data(prep, "test")
-    evaluation = dict(sched["evaluation"])
+    evaluation = dict(sched.evaluation)
     evaluation["eps"] = sorted({*map(float, evaluation["eps"]), float(eps)})
     aa = evaluation["autoattack"]  # AutoAttack at the configured eps only, not the added training eps
-    evaluation["autoattack"] = {**aa, "eps": aa["eps"] if aa["eps"] is not None else sched["evaluation"]["eps"]}
+    evaluation["autoattack"] = {**aa, "eps": aa["eps"] if aa["eps"] is not None else sched.evaluation["eps"]}
     rdir = Path(out_dir) / "resume"
-    ev = evaluate_dataset(model, test, evaluation, dev, sched["attack"]["norm"], seed=seed if rng_seed is None
+    ev = evaluate_dataset(model, test, evaluation, dev, sched.attack["norm"], seed=seed if rng_seed is None
                           else rng_seed, state_dir=rdir, log=log)
-    keep = {eps_str(e) for e in sched["evaluation"]["eps"]}
+    keep = {eps_str(e) for e in sched.evaluation["eps"]}
     wn = weight_norm(model)
     row = {c: float("nan") for c in HISTORY_COLUMNS}
     row.update(epoch=0, test_acc=ev["natural_acc"], test_adv_acc=ev["pgd_acc"].get(eps_str(eps), float("nan")),

@@ -27,7 +27,7 @@ FORMAT = 2  # 2: atlib.train.epochs' layout (model, sums, one RNG state per rank
 
 
 class Interrupted(RuntimeError):
-    """The job was asked to stop (signal or test hook); its state is saved for a resume."""
+    """The job was asked to stop (SIGTERM/SIGUSR1); its state is saved for a resume."""
 
 
 def capture_rng(generator: torch.Generator | None = None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from torch import nn
 from atlib.core.intervals import intervals
 from atlib.core.runtime import EVAL_BATCH, eval_mode
 from atlib.models.checkpoint import CheckpointError, atomic_save, safe_load
-from atlib.spec.config import eps_str
+from atlib.spec.grid import eps_str
 from atlib.train.attacks import pgd_robust_flags
 
 logger = logging.getLogger("atlib.train.robust_eval")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atlib.core.io import atomic_write, write_json_atomic
 from atlib.core.runtime import (
     EVAL_BATCH,
     autocast,
@@ -32,7 +33,7 @@ from atlib.core.runtime import (
 from atlib.data import Prepared, TensorPairs, load_batches, split_data
 from atlib.models.checkpoint import save_model
 from atlib.models.resnet import NORMALIZATION, build_model, weight_norm
-from atlib.spec.config import schedule_defaults
+from atlib.spec.settings import TrainSchedule
 from atlib.train import distributed as ddp
 from atlib.train import resume
 from atlib.train.attacks import evaluate, gaussian_noise, pgd, trades_loss
@@ -67,11 +68,11 @@ class Objective(nn.Module):
     anyway (TRADES), else None).
     """
 
-    def __init__(self, net: nn.Module, eps: float, sched: dict[str, Any]) -> None:
+    def __init__(self, net: nn.Module, eps: float, sched: TrainSchedule) -> None:
         super().__init__()
         self.net, self.eps = net, float(eps)
-        a = sched["attack"]
-        self.objective, self.beta = sched["objective"], float(sched["trades_beta"])
+        a = sched.attack
+        self.objective, self.beta = sched.objective, float(sched.trades_beta)
         self.steps, self.norm = int(a["steps"]), a["norm"]
         self.step_size = float(a["step_size_factor"]) * self.eps / self.steps
         self.random_start, self.bn_eval = bool(a["random_start"]), bool(a["bn_eval"])
@@ -116,15 +117,29 @@ def model_meta(prep: Prepared, arch: str, width: float, eps: float, seed: int, *
 def write_outputs(out_dir: Path, model: nn.Module, meta: dict, history: list[dict], metrics: dict) -> None:
     """history.csv, metrics.json, then model.pt: each written to a temporary file and renamed."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".history.csv.tmp{os.getpid()}"
     import pandas as pd  # here, not at the top: every job pays ~0.3 s to import it
 
-    pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "history.csv")
-    tmp = out_dir / f".metrics.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(metrics, indent=1))
-    os.replace(tmp, out_dir / "metrics.json")
+    with atomic_write(out_dir / "history.csv") as tmp:
+        pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(tmp, index=False)
+    write_json_atomic(out_dir / "metrics.json", metrics)
     save_model(out_dir / "model.pt", model, meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceRun:
+    """What one source training is (train_source's arguments, resolved): picklable, so that spawned
+    DDP ranks get the same."""
+
+    data_dir: Path
+    out_dir: Path
+    arch: str
+    width: float
+    eps: float
+    seed: int
+    rng_seed: int
+    schedule: TrainSchedule
+    device: str
+    threads: int
 
 
 def train_source(
@@ -135,14 +150,13 @@ def train_source(
     width: float = 1.0,
     eps: float = 0.0,
     seed: int = 0,
-    schedule: dict[str, Any] | None = None,
+    schedule: TrainSchedule | None = None,
     device: str | torch.device = "cpu",
     threads: int = 2,
     log: logging.Logger = logger,
     world_size: int = 1,
     rng_seed: int | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
-    _stop_after_epoch: int | None = None,
 ) -> dict[str, Any]:
     """Train one source model and write model.pt, history.csv and metrics.json to `out_dir`.
 
@@ -154,7 +168,7 @@ def train_source(
             objective gaussian; 0 = standard training.
         seed: the model's seed (the `s{seed}` of its path), recorded in the outputs; it also
             seeds model init, data order, augmentation and attacks unless `rng_seed` is given.
-        schedule: a `train_schedules` entry (missing keys take the schema defaults).
+        schedule: a `train_schedules` entry (`TrainSchedule.from_config`); None: the schema's defaults.
         device: "cpu", "cuda" or "auto".
         threads: torch threads (split across ranks on CPU).
         log: where per-epoch lines go.
@@ -164,33 +178,30 @@ def train_source(
             from the wildcards with `job_seed`).
         on_epoch: called with each epoch's history row (e.g. MLflow live logging); not called
             in spawned single-node DDP, whose ranks are separate processes.
-        _stop_after_epoch: test hook, behave as if preempted after this many epochs.
     Returns:
         The metrics dict written to metrics.json.
     Raises:
         TrainingError: non-finite loss (names epoch and step) or a failed DDP rank.
-        resume.Interrupted: SIGTERM/SIGUSR1 (or the test hook); the state is saved.
+        resume.Interrupted: SIGTERM/SIGUSR1; the state is saved.
         CheckpointError: a corrupt or foreign resume state.
     """
-    sched = schedule_defaults(schedule)
-    kw = dict(data_dir=str(data_dir), out_dir=str(out_dir), arch=arch, width=float(width), eps=float(eps),
-              seed=int(seed), rng_seed=int(seed if rng_seed is None else rng_seed), sched=sched,
-              device=str(device), threads=int(threads),
-              stop_after_epoch=_stop_after_epoch)
+    run = SourceRun(data_dir=Path(data_dir), out_dir=Path(out_dir), arch=arch, width=float(width), eps=float(eps),
+                    seed=int(seed), rng_seed=int(seed if rng_seed is None else rng_seed),
+                    schedule=schedule or TrainSchedule.from_config(), device=str(device), threads=int(threads))
     env = ddp.env_from_torchrun()
     if env is not None:
-        return _train(env, log=log, on_epoch=on_epoch, **kw)
+        return _train(env, run, log, on_epoch)
     if world_size > 1:
         files = [h.baseFilename for h in logging.getLogger().handlers + log.handlers
                  if isinstance(h, logging.FileHandler)]
         try:
-            ddp.spawn(_spawned, world_size, (kw, log.name, files))
+            ddp.spawn(_spawned, world_size, (run, log.name, files))
         except Exception as err:  # a rank failed: surface its last message, not the wrapper's
             if isinstance(err, resume.Interrupted) or "Interrupted" in str(err):
                 raise resume.Interrupted(_last_line(err)) from None
             raise TrainingError(f"DDP training failed: {_last_line(err)}") from None
         return json.loads((Path(out_dir) / "metrics.json").read_text())
-    return _train(ddp.DistEnv(), log=log, on_epoch=on_epoch, **kw)
+    return _train(ddp.DistEnv(), run, log, on_epoch)
 
 
 def _last_line(err: BaseException) -> str:
@@ -198,45 +209,57 @@ def _last_line(err: BaseException) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-def _spawned(rank: int, world_size: int, kw: dict, log_name: str, log_files: list[str]) -> None:
+def _spawned(rank: int, world_size: int, run: SourceRun, log_name: str, log_files: list[str]) -> None:
     log = logging.getLogger(log_name)
     if rank == 0:
         handlers: list[logging.Handler] = [logging.FileHandler(f, mode="a") for f in log_files]
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                             handlers=handlers or None, force=True)
-    _train(ddp.DistEnv(rank, world_size, rank), log=log, **kw)
+    _train(ddp.DistEnv(rank, world_size, rank), run, log)
 
 
-def _train(env: ddp.DistEnv, *, data_dir: str, out_dir: str, arch: str, width: float, eps: float, seed: int,
-           rng_seed: int, sched: dict, device: str, threads: int, stop_after_epoch: int | None,
-           log: logging.Logger, on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict:
-    dev = pick_device(device)
+def _train(env: ddp.DistEnv, run: SourceRun, log: logging.Logger,
+           on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict:
+    dev = pick_device(run.device)
     if dev.type == "cuda" and env.distributed:
         dev = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(dev)
-    set_threads(max(1, threads // env.world_size) if dev.type == "cpu" else threads)
+    set_threads(max(1, run.threads // env.world_size) if dev.type == "cpu" else run.threads)
     ddp.init(env, dev)
     try:
-        return _train_loop(env, dev, Path(data_dir), Path(out_dir), arch, width, eps, seed, rng_seed, sched,
-                           threads, stop_after_epoch, log, on_epoch)
+        return _train_loop(env, dev, run, log, on_epoch)
     finally:
         ddp.shutdown()
 
 
+@dataclass(kw_only=True)
 class _SourceJob:
     """Source training as an `epochs.EpochJob`: one (DDP-sharded, augmented) batch per step, the
     train/test accuracies and weight norm per epoch."""
 
     SUMS = ("loss", "images", "correct", "nat_correct", "nat_images")
 
-    def __init__(self, env: ddp.DistEnv, dev: torch.device, net: nn.Module, objective: nn.Module,
-                 opt: torch.optim.Optimizer, sched: dict, eps: float, train, test, workers: int,
-                 gen: torch.Generator, what: str) -> None:
-        self.env, self.dev, self.net, self.objective, self.opt, self.sched = env, dev, net, objective, opt, sched
-        self.eps, self.train, self.test, self.workers, self.gen, self.what = eps, train, test, workers, gen, what
-        self.amp, self.cl = bool(sched["bf16"]), bool(sched["channels_last"])
-        n_adv = min(EPOCH_ADV_IMAGES, len(test), sched["evaluation"]["max_images"] or len(test))
-        self.adv = next(load_batches(test, [torch.arange(n_adv)], workers)) if eps > 0 else (None, None)
+    env: ddp.DistEnv
+    dev: torch.device
+    net: nn.Module
+    objective: nn.Module
+    opt: torch.optim.Optimizer
+    sched: TrainSchedule
+    eps: float
+    train: Any
+    test: Any
+    workers: int
+    gen: torch.Generator
+    what: str
+    amp: bool = field(init=False)
+    cl: bool = field(init=False)
+    adv: tuple = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.amp, self.cl = bool(self.sched.bf16), bool(self.sched.channels_last)
+        test = self.test
+        n_adv = min(EPOCH_ADV_IMAGES, len(test), self.sched.evaluation["max_images"] or len(test))
+        self.adv = next(load_batches(test, [torch.arange(n_adv)], self.workers)) if self.eps > 0 else (None, None)
 
     def model_state(self) -> dict[str, torch.Tensor]:
         return self.net.state_dict()
@@ -245,7 +268,7 @@ class _SourceJob:
         self.net.load_state_dict(state)
 
     def batches(self, perm: torch.Tensor) -> list[torch.Tensor]:
-        return [b for b in perm.split(int(self.sched["batch_size"])) if len(b) >= self.env.world_size]
+        return [b for b in perm.split(int(self.sched.batch_size)) if len(b) >= self.env.world_size]
 
     def train_mode(self) -> None:
         self.objective.train()
@@ -253,7 +276,7 @@ class _SourceJob:
     def step(self, gidx: torch.Tensor, index: int, sums: Sums, stop: str | None) -> tuple[torch.Tensor, bool]:
         start, stop_ = ddp.shard_span(len(gidx), self.env)
         x, y = next(load_batches(self.train, [gidx[start:stop_]], self.workers))
-        x = augment_batch(x, self.sched["augment"], self.gen, (start, len(gidx)))
+        x = augment_batch(x, self.sched.augment, self.gen, (start, len(gidx)))
         x, y = to_memory_format(x.to(self.dev, non_blocking=True), self.cl), y.to(self.dev, non_blocking=True)
         # DDP averages gradients over ranks: this scale makes it the global-batch mean.
         losses, logits, nat_logits = train_step(self.objective, self.opt, x, y, self.dev, self.amp,
@@ -281,8 +304,8 @@ class _SourceJob:
                                           self.dev, self.amp, self.cl)
             record["test_adv_acc"] = float("nan")
             if adv:
-                ev = evaluate(self.net, *self.adv, [self.eps], self.sched["evaluation"]["steps"], 1, EVAL_BATCH,
-                              self.dev, None, self.sched["attack"]["norm"], amp=self.amp)
+                ev = evaluate(self.net, *self.adv, [self.eps], self.sched.evaluation["steps"], 1, EVAL_BATCH,
+                              self.dev, None, self.sched.attack["norm"], amp=self.amp)
                 record["test_adv_acc"] = next(iter(ev["pgd_acc"].values()))
             record["weight_norm"] = weight_norm(self.net)
         return record
@@ -293,50 +316,50 @@ class _SourceJob:
                              "written.")
 
 
-def _train_loop(env: ddp.DistEnv, dev: torch.device, data_dir: Path, out_dir: Path, arch: str, width: float,
-                eps: float, seed: int, rng_seed: int, sched: dict, threads: int, stop_after_epoch: int | None,
-                log: logging.Logger, on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict:
-    prep = Prepared(data_dir)
-    gen = seed_everything(rng_seed)
-    meta = model_meta(prep, arch, width, eps, seed, rng_seed=rng_seed, objective=sched["objective"],
-                      epochs=sched["epochs"])
-    net = build_model(arch, prep.num_classes, prep.channels, width, meta["normalization"]).to(dev)
+def _train_loop(env: ddp.DistEnv, dev: torch.device, run: SourceRun, log: logging.Logger,
+                on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict:
+    prep, sched, eps = Prepared(run.data_dir), run.schedule, run.eps
+    gen = seed_everything(run.rng_seed)
+    meta = model_meta(prep, run.arch, run.width, eps, run.seed, rng_seed=run.rng_seed, objective=sched.objective,
+                      epochs=sched.epochs)
+    net = build_model(run.arch, prep.num_classes, prep.channels, run.width, meta["normalization"]).to(dev)
     if env.distributed:
         net = ddp.convert_batchnorm(net, dev)
-        torch.manual_seed(rng_seed + 1_000_003 * env.rank)  # independent attack noise per rank
-    if sched["channels_last"]:
+        torch.manual_seed(run.rng_seed + 1_000_003 * env.rank)  # independent attack noise per rank
+    if sched.channels_last:
         net = net.to(memory_format=torch.channels_last)
     objective = ddp.wrap_ddp(Objective(net, eps, sched), env, dev)
     opt = make_optimizer(net.parameters(), sched)
-    workers = 0 if prep.meta["format"] == "arrays" else max(1, threads // env.world_size)
-    train = split_data(prep, "train", sched["max_train"])
+    workers = 0 if prep.meta["format"] == "arrays" else max(1, run.threads // env.world_size)
+    train = split_data(prep, "train", sched.max_train)
     test = split_data(prep, "test")
     if dev.type == "cuda" and isinstance(train, TensorPairs) and train.x.numel() * 4 < 4e9:
         train = TensorPairs(train.x.to(dev), train.y.to(dev))  # small sets live on the GPU
-    job = _SourceJob(env, dev, net, objective, opt, sched, eps, train, test, workers, gen, str(out_dir))
-    fingerprint = {"arch": arch, "width": width, "eps": eps, "seed": seed, "rng_seed": rng_seed,
+    job = _SourceJob(env=env, dev=dev, net=net, objective=objective, opt=opt, sched=sched, eps=eps, train=train,
+                     test=test, workers=workers, gen=gen, what=str(run.out_dir))
+    # world_size is left out of the schedule: a job may resume on another number of GPUs.
+    schedule = {k: v for k, v in sched.as_dict().items() if k != "world_size"}
+    fingerprint = {"arch": run.arch, "width": run.width, "eps": eps, "seed": run.seed, "rng_seed": run.rng_seed,
                    "source": prep.name, "n_train": len(train),
                    "data": json.dumps(prep.meta.get("sha256", {}), sort_keys=True),
-                   # world_size is left out: a job may resume on another number of GPUs.
-                   "schedule": json.dumps({k: v for k, v in sched.items() if k != "world_size"}, sort_keys=True)}
-    runner = EpochRunner(out_dir, fingerprint, opt, make_scheduler(opt, sched), gen, int(sched["epochs"]),
+                   "schedule": json.dumps(schedule, sort_keys=True)}
+    runner = EpochRunner(run.out_dir, fingerprint, opt, make_scheduler(opt, sched), gen, int(sched.epochs),
                          len(train), HISTORY_COLUMNS, _SourceJob.SUMS, log, env=env,
-                         checkpoint_every=sched["checkpoint_every"], show_loss_every=20, on_epoch=on_epoch,
-                         stop_after_epoch=stop_after_epoch)
+                         checkpoint_every=sched.checkpoint_every, show_loss_every=20, on_epoch=on_epoch)
     runner.resume(job)
     if env.is_main:
-        log.info("training %s %s width %g on %s (%d images, %d epochs, eps %g, %s, %s, %d rank(s))", arch,
-                 meta["objective"], width, prep.name, len(train), runner.epochs, eps, dev,
+        log.info("training %s %s width %g on %s (%d images, %d epochs, eps %g, %s, %s, %d rank(s))", run.arch,
+                 meta["objective"], run.width, prep.name, len(train), runner.epochs, eps, dev,
                  "bf16" if job.amp else "fp32", env.world_size)
     runner.run(job)
     metrics: dict[str, Any] = {}
     if env.is_main:
-        ev = evaluate_dataset(net, test, sched["evaluation"], dev, sched["attack"]["norm"], workers, rng_seed,
+        ev = evaluate_dataset(net, test, sched.evaluation, dev, sched.attack["norm"], workers, run.rng_seed,
                               runner.resume_dir, log)
         metrics = {"natural_acc": ev["natural_acc"], "natural_acc_ci": ev["natural_acc_ci"], **robust_metrics(ev),
                    "weight_norm": weight_norm(net), "epochs": runner.epochs, "train_time_s": runner.elapsed, "eps": eps,
-                   "source": prep.name, "arch": arch, "seed": seed}
-        write_outputs(out_dir, net, meta, runner.history, metrics)
+                   "source": prep.name, "arch": run.arch, "seed": run.seed}
+        write_outputs(run.out_dir, net, meta, runner.history, metrics)
         runner.finish()
         log.info("done: natural %.2f%%, pgd %s, autoattack %s, %.1f s", metrics["natural_acc"], metrics["pgd_acc"],
                  metrics.get("autoattack_acc", "not run"), runner.elapsed)

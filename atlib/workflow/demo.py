@@ -162,24 +162,29 @@ def pin_numerics(configs: list[str]) -> None:
     """The config's numerics variables in this process too (the Snakefile sets them for the jobs; a
     user's own value wins), so that `machine()` names what the jobs ran with."""
     from atlib.core.numerics import apply_env
-    from atlib.spec.config import merge_files
+    from atlib.spec.schema import merge_files
 
     apply_env(merge_files(configs).get("numerics"))
 
 
-def check_against_reference(claims_csv: Path, reference: Path, configs: list[str]) -> None:
-    """Print, per claim, whether this run's verdict agrees with the committed reference."""
+def check_against_reference(claims_csv: Path, reference: Path, configs: list[str], wall: float, rss: float) -> None:
+    """Print, per claim, whether this run's verdict agrees with the committed reference, and keep the
+    comparison beside the claims (reference_check.csv, what `make demo-crosscheck` records)."""
     import pandas as pd
 
-    from atlib.report.reference import compare
+    from atlib.report.reference import check_frame, comparable, compare
 
     if not reference.exists() or not claims_csv.exists():
         print(f"demo: no reference to compare with ({reference} or {claims_csv} is missing)")
         return
-    lines, warnings = compare(pd.read_csv(claims_csv), pd.read_csv(reference), machine(), configs)
+    run, ref = pd.read_csv(claims_csv), pd.read_csv(reference)
+    lines, warnings = compare(run, ref, machine(), configs)
     print(f"\nverdicts against the reference ({reference}):", *lines, sep="\n  ")
     for w in warnings:
         print(f"  WARNING: {w}")
+    if comparable(ref, configs) is None:
+        check_frame(run, ref, machine(), round(wall, 1), round(rss, 1)).to_csv(
+            claims_csv.with_name("reference_check.csv"), index=False)
 
 
 def write_measurement(measure: Path, wall: float, rss: float, configs: list[str], results: Path) -> None:
@@ -225,7 +230,7 @@ def main() -> None:
     if args.measure:
         write_measurement(args.measure, wall, rss, args.config, res)
     else:
-        check_against_reference(res / "report" / "claims.csv", args.reference, args.config)
+        check_against_reference(res / "report" / "claims.csv", args.reference, args.config, wall, rss)
     ui = runs_address(res, experiment_name(args.config))
     print(f"""
 demo finished in {wall / 60:.1f} min (peak memory {rss:.0f} MB).

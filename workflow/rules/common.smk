@@ -2,15 +2,16 @@
 # result paths and wildcard patterns come from atlib.spec.jobs (also read by the report and the ingest).
 import atlib.spec.jobs as jobs
 from atlib.data.folder import FOLDER
-from atlib.spec.config import ModelKey, config_hash, model_experiments, pretrained_entry, source_file
-from atlib.spec.config import transfer_experiments
+from atlib.spec.grid import ModelKey, model_experiments, pretrained_entry, source_file
+from atlib.spec.schema import config_hash
+from atlib.spec.grid import transfer_experiments
 from atlib.data.folder import folder_files
 from atlib.spec.jobs import job_seed
 from atlib.workflow.tracking.ingest import default_uri
 
 RESULTS = config["results"]
 MODEL_EXPERIMENT = model_experiments(config)
-# The experiment that asked for each transfer gives its finetune schedule (atlib.spec.config).
+# The experiment that asked for each transfer gives its finetune schedule (atlib.spec.grid.transfer_experiments).
 TRANSFER_EXPERIMENT = transfer_experiments(config)
 # Scheduling order, longest jobs first (trainings, then inversions and distances, then transfers), so
 # that the short jobs fill the end and no core idles beside one long last job. Results do not depend on it.

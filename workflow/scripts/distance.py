@@ -8,9 +8,10 @@ each pair also names both datasets' data, whose images give the Task2Vec Fisher 
 import logging
 from pathlib import Path
 
+from atlib.core.io import write_json_atomic
 from atlib.core.runtime import pick_device, set_threads
 from atlib.data import Prepared
-from atlib.distance.measures import FeatureSet, dataset_features, task_distance, write_json
+from atlib.distance.measures import FeatureSet, dataset_features, task_distance
 from atlib.info.task2vec import task_embedding
 from atlib.models.checkpoint import CheckpointError, load_model
 from atlib.spec import provenance
@@ -45,7 +46,7 @@ def distance(model, meta, job: dict, memo: dict) -> None:
            embed(model, meta, job["target"], target, job["target_data"], job["seed"], memo))
     record = task_distance(source, target, gamma=p.gamma, pca_dim=p.pca_dim, max_points=p.otdd_points,
                            seed=job["seed"], embeddings=emb)
-    write_json(record, job["out"])
+    write_json_atomic(job["out"], record)
     # Task2Vec also read the probe and both datasets' images.
     provenance.record([job["source"], job["target"], sm.input.model, job["source_data"], job["target_data"]],
                       [job["out"]], sm.config)

@@ -2,9 +2,11 @@
 
 from atlib.models.checkpoint import CheckpointError
 from atlib.spec import provenance
-from atlib.spec.config import ConfigError
+from atlib.spec.schema import ConfigError
+from atlib.spec.settings import FinetuneSchedule
 from atlib.train.resume import Interrupted
-from atlib.transfer.finetune import TransferError, transfer
+from atlib.transfer.finetune import transfer
+from atlib.transfer.inputs import TransferError
 from atlib.workflow.logs import job_logging
 from atlib.workflow.tracking.live import live_for_job
 
@@ -16,7 +18,7 @@ with job_logging(sm.log[0]) as log:
         with live_for_job(p.tracking, sm.config["results"], metrics, "transfer", job["wildcards"]) as live:
             try:
                 transfer(sm.input.model, job["target_dir"], job["out_dir"], mode=job["mode"],
-                         schedule=job["schedule"], seed=job["seed"], device=p.device, threads=sm.threads, log=log,
+                         schedule=FinetuneSchedule.from_config(job["schedule"]), seed=job["seed"], device=p.device, threads=sm.threads, log=log,
                          model_key=job["model_key"], arch=job["arch"],
                          on_epoch=lambda row: live.log_metrics(row, step=int(row["epoch"])))
             except (TransferError, CheckpointError, ConfigError, Interrupted, FileNotFoundError) as err:

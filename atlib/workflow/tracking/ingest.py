@@ -227,7 +227,7 @@ def in_part(rule: str, part: str) -> bool:
 
 def _common_tags(config: dict | None, commit: str | None) -> dict[str, str]:
     """Tags of every run of one ingest: the config's hash and the code's commit, where known."""
-    from atlib.spec.config import config_hash
+    from atlib.spec.schema import config_hash
 
     tags = {"config_hash": config_hash(config) if config else "", "git_commit": commit or "",
             "mlflow.source.git.commit": commit or ""}

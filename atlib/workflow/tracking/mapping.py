@@ -162,7 +162,7 @@ def config_index(config: dict | None) -> dict:
     schedule is the one used, as in workflow/rules/common.smk)."""
     if config is None:
         return {"models": {}, "transfers": {}}
-    from atlib.spec.config import model_experiments, transfer_experiments
+    from atlib.spec.grid import model_experiments, transfer_experiments
 
     return {"models": model_experiments(config), "transfers": transfer_experiments(config)}
 

@@ -39,7 +39,8 @@ def runs_address(results: str | Path, experiment: str, base: str = LOCAL_UI) -> 
 
 def experiment_name(configs: list[str]) -> str:
     """The MLflow experiment of a run with these config files (tracking.experiment, its default filled in)."""
-    from atlib.spec.config import check_config, merge_files
+    from atlib.spec.config import check_config
+    from atlib.spec.schema import merge_files
 
     return check_config(merge_files(configs))["tracking"]["experiment"]
 
