@@ -5,7 +5,7 @@ after it (tests/test_architecture.py checks this from the imports, and that ther
 
     core      compat shims, the device and autocast runtime, the numerics pinning, atomic writes
     data      registry, acquisition, the prepared format, derived datasets, image folders
-    models    the ResNets, checkpoints, the adapter of other libraries' networks, the zoo loaders
+    models    the ResNets, checkpoints, the adapter of other libraries' networks
     spec      the experiment as the config describes it: schema validation, the job model, provenance
     train     attacks, the epoch runner, resume, augmentation, DDP, evaluation, source training and import
     info      the Fisher, the weight posterior Q*, inversion, representations, Task2Vec

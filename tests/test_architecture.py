@@ -121,6 +121,16 @@ def test_no_private_name_is_imported_across_modules(graph):
     assert not private_imports(graph), private_imports(graph)
 
 
+def test_a_long_module_says_why_it_is_one_idea():
+    long = []
+    for path in sorted((ROOT / "atlib").rglob("*.py")):
+        text = path.read_text()
+        n = text.count("\n")
+        if n > MAX_MODULE_LINES and ONE_IDEA not in (ast.get_docstring(ast.parse(text)) or ""):
+            long.append(f"{path.relative_to(ROOT)} ({n} lines)")
+    assert not long, f"split these, or say '{ONE_IDEA} ...' in their docstring:\n" + "\n".join(long)
+
+
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:
     top = tmp_path / "atlib"
     for rel, text in files.items():

@@ -1,4 +1,4 @@
-"""Networks: the ResNets, checkpoints, the adapter for other libraries' networks, the zoo loaders.
+"""Networks: the ResNets, checkpoints, and the adapter that gives other libraries' networks atlib's interface.
 
 May import atlib.core and atlib.data.
 """
