@@ -38,8 +38,8 @@ def test_json_and_text_are_the_bytes_of_json_dumps_indent_1(tmp_path):
 
 
 def test_numpy_and_torch_writers_write_the_target_itself(tmp_path):
-    """np.save / np.savez append their suffix to a name without it: the temporary name keeps the
-    target's suffix, so nothing lands beside the target under another name."""
+    """np.save / np.savez append their suffix to a name without it: the temporary file has the
+    target's own name, so nothing lands beside the target under another name."""
     with atomic_write(tmp_path / "labels.npy") as tmp:
         np.save(tmp, np.arange(3))
     with atomic_write(tmp_path / "feats.npz") as tmp:
@@ -51,3 +51,17 @@ def test_numpy_and_torch_writers_write_the_target_itself(tmp_path):
     with np.load(tmp_path / "feats.npz") as z:
         assert z["x"].tolist() == [1.0, 1.0]
     assert torch.load(tmp_path / "model.pt", weights_only=True)["w"].tolist() == [1.0, 1.0]
+
+
+def test_torch_save_through_it_gives_the_same_bytes_every_time(tmp_path):
+    """torch.save names its archive's root folder after the file it writes: a temporary name that holds
+    the process id made every model.pt of a rerun differ from the first (and its sha256 in provenance)."""
+    import torch
+
+    obj = {"w": torch.arange(4.0)}
+    with atomic_write(tmp_path / "a" / "model.pt") as tmp:
+        torch.save(obj, tmp)
+    direct = tmp_path / "b" / "model.pt"
+    direct.parent.mkdir()
+    torch.save(obj, direct)
+    assert (tmp_path / "a" / "model.pt").read_bytes() == direct.read_bytes()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,20 +16,24 @@ from typing import Any, Iterator
 
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` to write to; on a clean exit rename it to `path`.
+    """Yield a temporary path to write `path`'s content to; on a clean exit rename it to `path`.
 
-    The temporary name ends in `path`'s suffix, so writers that add a missing suffix (`np.save`,
-    `np.savez`) or infer a format from it (`DataFrame.to_csv`) write exactly the yielded path.
-    The parent directory is created. Usage: `with atomic_write(p) as tmp: torch.save(obj, tmp)`.
+    The temporary file has `path`'s own name, in a fresh hidden directory beside it, so every writer
+    behaves as if it wrote `path` itself: `np.save` adds no suffix, `DataFrame.to_csv` infers the same
+    compression, and `torch.save`, which names its archive's root folder after the file, writes the
+    same bytes on every run (a name holding the process id would not). The parent directory is
+    created. Usage: `with atomic_write(p) as tmp: torch.save(obj, tmp)`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = folder / path.name
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # after a rename there is nothing left; after an error, the partial file
+        folder.rmdir()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
