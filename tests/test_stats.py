@@ -274,9 +274,9 @@ def test_a_crosscheck_is_kept_per_machine_and_shown_in_the_readme(demo_config, t
         record_crosscheck(check, into, readme)
 
 
-def test_config_identity_ignores_the_results_directory(tmp_path):
+def test_config_identity_ignores_the_results_directory_and_the_numerics(tmp_path):
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    a.write_text("results: r1\nseeds: [0, 1]\n")
+    a.write_text("results: r1\nseeds: [0, 1]\nnumerics: {isa: avx2}\n")
     b.write_text("results: r2\nseeds: [0, 1]\n")
     assert config_identity([str(a)])[1] == config_identity([str(b)])[1]
     b.write_text("results: r2\nseeds: [0, 2]\n")

@@ -33,10 +33,13 @@ COLUMNS = ["claim", "verdict", "effect", "lo", "hi", "n", "unit", "stability", "
 
 
 def config_identity(configs: list[str]) -> tuple[str, str]:
-    """(the config files as given, a hash of their merged content without `results`): two runs of
-    the same configs into different result directories have the same identity."""
+    """(the config files as given, a hash of their merged content without `results` and `numerics`):
+    two runs of the same configs into different result directories have the same identity, and so do
+    runs that pin different CPU kernels: numerics is the machine's side, and verdicts across machines
+    are what the reference is compared for."""
     merged = merge_files(configs)
     merged.pop("results", None)
+    merged.pop("numerics", None)
     digest = hashlib.sha256(json.dumps(merged, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return " ".join(configs), digest
 
