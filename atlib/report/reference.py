@@ -91,30 +91,35 @@ def check_frame(run: pd.DataFrame, ref: pd.DataFrame, machine: str, wall_s: floa
     return pd.DataFrame(rows, columns=CHECK_COLUMNS)
 
 
-def compare(run: pd.DataFrame, ref: pd.DataFrame, machine: str, configs: list[str]) -> tuple[list[str], list[str]]:
-    """(one line per claim, warnings). run: this run's claims.csv; ref: demo_claims.csv.
+def check_lines(check: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(one line per claim, warnings) of a `check_frame`.
 
     A claim whose verdict differs is a warning naming both machines when the reference marked it
     stable; where the reference marked it fragile, a difference is what fragile means, and said so."""
-    why = comparable(ref, configs)
-    if why:
-        return [], [why]
     lines, warnings = [], []
-    for _, r in check_frame(run, ref, machine).iterrows():
+    for _, r in check.iterrows():
         c, now, was = int(r["claim"]), r["verdict"], r["ref_verdict"]
         if now == "missing":
             warnings.append(f"claim {c}: in the reference, not in this run")
-        elif r["same"]:
+            continue
+        if r["same"]:
             lines.append(f"claim {c:>2}: same verdict as the reference ({now})")
-        elif _stable(float(r["ref_stability"])):
-            warnings.append(f"claim {c:>2}: {now} here, {was} in the reference (stability here "
-                            f"{float(r['stability']):.2f}, reference {float(r['ref_stability']):.2f}): the reference "
-                            f"calls it stable; this machine: {machine}; reference machine: {r['ref_machine']}")
+            continue
+        text = (f"claim {c:>2}: {now} here, {was} in the reference (stability here {float(r['stability']):.2f}, "
+                f"reference {float(r['ref_stability']):.2f})")
+        if _stable(float(r["ref_stability"])):
+            warnings.append(f"{text}: the reference calls it stable; this machine: {r['machine']}; reference "
+                            f"machine: {r['ref_machine']}")
         else:
-            lines.append(f"claim {c:>2}: {now} here, {was} in the reference (stability here "
-                         f"{float(r['stability']):.2f}, reference {float(r['ref_stability']):.2f}): the reference "
-                         "marks it fragile, so another draw may well differ")
+            lines.append(f"{text}: the reference marks it fragile, so another draw may well differ")
     return lines, warnings
+
+
+def compare(run: pd.DataFrame, ref: pd.DataFrame, machine: str, configs: list[str]) -> tuple[list[str], list[str]]:
+    """(one line per claim, warnings) of this run's claims.csv against demo_claims.csv (`check_lines`), or
+    why the two cannot be compared."""
+    why = comparable(ref, configs)
+    return ([], [why]) if why else check_lines(check_frame(run, ref, machine))
 
 
 def crosscheck_name(machine: str) -> str:

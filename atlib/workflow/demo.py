@@ -172,19 +172,21 @@ def check_against_reference(claims_csv: Path, reference: Path, configs: list[str
     comparison beside the claims (reference_check.csv, what `make demo-crosscheck` records)."""
     import pandas as pd
 
-    from atlib.report.reference import check_frame, comparable, compare
+    from atlib.report.reference import check_frame, check_lines, comparable
 
     if not reference.exists() or not claims_csv.exists():
         print(f"demo: no reference to compare with ({reference} or {claims_csv} is missing)")
         return
-    run, ref = pd.read_csv(claims_csv), pd.read_csv(reference)
-    lines, warnings = compare(run, ref, machine(), configs)
+    ref = pd.read_csv(reference)
+    why = comparable(ref, configs)
+    lines, warnings = [], [why]
+    if why is None:
+        check = check_frame(pd.read_csv(claims_csv), ref, machine(), round(wall, 1), round(rss, 1))
+        check.to_csv(claims_csv.with_name("reference_check.csv"), index=False)
+        lines, warnings = check_lines(check)
     print(f"\nverdicts against the reference ({reference}):", *lines, sep="\n  ")
     for w in warnings:
         print(f"  WARNING: {w}")
-    if comparable(ref, configs) is None:
-        check_frame(run, ref, machine(), round(wall, 1), round(rss, 1)).to_csv(
-            claims_csv.with_name("reference_check.csv"), index=False)
 
 
 def write_measurement(measure: Path, wall: float, rss: float, configs: list[str], results: Path) -> None:
