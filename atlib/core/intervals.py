@@ -11,7 +11,7 @@ from typing import Any
 
 from scipy.stats import binomtest
 
-LEVEL = 0.95  # the confidence level of every interval in metrics.json
+LEVEL = 0.95  # the confidence level of every interval: metrics.json's and the claims check's (report.stats)
 
 
 def wilson_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:

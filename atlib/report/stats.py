@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from atlib.core.intervals import LEVEL
+
 GROUP = ["source", "arch", "target", "mode"]
 HOLDS, FAILS, INCONCLUSIVE, NOT_TESTABLE = "holds", "does not hold", "inconclusive", "not testable here"
 VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_TESTABLE)
 MIN_UNITS = 3
-LEVEL = 0.95
 ALPHA = 0.05
 MC_PERMUTATIONS = 9999
 
